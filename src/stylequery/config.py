@@ -1,0 +1,217 @@
+"""Typed configuration: dataclass defaults < YAML file < ``section.key=value`` overrides.
+
+``load_config(path, overrides)`` is the one entry point. Values are converted to each field's
+declared type (PyYAML reads ``1e-3`` as a string, so a float field converts it), and an unknown
+key or a value that does not convert raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from stylequery.errors import ConfigError
+from stylequery.fileio import write_text
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"  # catalogue root: labels/ and women/ live here
+    prepared_dir: str = ""  # default: <root>/prepared/<subset name>
+    categories: list[str] = field(default_factory=lambda: ["pants"])  # or ["all"]
+    subcategories: list[str] = field(default_factory=list)  # empty: every subcategory
+    modification_template: str = "change {src} to {tgt}"  # reference: "replace {src} with {tgt}"
+    image_size: int = 224  # square side fed to the CNN (resize shorter side, centre crop)
+    use_image_cache: bool = True  # read the prepared uint8 cache when one of this size exists
+    hflip: bool = False  # random horizontal flip of training images
+    num_workers: int = 2  # DataLoader worker processes
+    seed: int = 0  # test-query generation
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 512  # size of every embedding: image, text, composed query
+    pretrained: str = "none"  # "imagenet", "none", or a path to a .pth state dict
+    word_dim: int = 512  # word embedding size
+    text_hidden: int = 512  # LSTM hidden size
+    composer: str = "concat"  # concat | tirg | image_only | text_only
+    dropout: float = 0.1
+    freeze_image_encoder: bool = False  # cache backbone features once, train the rest
+
+
+@dataclass
+class TrainConfig:
+    name: str = ""  # run folder name under runs/train/; empty: auto-numbered
+    batch_size: int = 32
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    backbone_lr_mult: float = 0.1  # lr multiplier for a pretrained CNN backbone
+    lr_decay_every: int = 0  # iterations between step decays; 0 disables
+    lr_decay_factor: float = 0.1
+    iterations: int = 0  # run length in iterations; 0: use epochs
+    epochs: float = 1.0  # run length in epochs over the usable source images
+    loss: str = "batch_classification"  # batch_classification | soft_triplet
+    loss_scale: float = 4.0  # initial learnable scale of the cosine logits
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = True
+    seed: int = 0
+    eval_every: int = 1000  # iterations between validation runs; 0: only at the end
+    eval_max_queries: int = 0  # cap validation queries for speed; 0: all
+    best_metric: str = "recall@10"
+    log_every: int = 50  # iterations between plain log lines (non-TTY)
+    checkpoint_every: int = 1000  # iterations between last.pt saves
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50, 100])
+    split: Literal["train", "test"] = "test"
+    max_queries: int = 0  # 0: all queries
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def find_config(name: str | Path) -> Path:
+    """Resolve a config path: as given, else a config shipped with the package by name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidates = [f"{path.name}", f"{path.name}.yaml"]
+    shipped = resources.files("stylequery") / "configs"
+    # An editable install has no packaged copy: the repository's configs/ folder serves.
+    repo = Path(__file__).resolve().parents[2] / "configs"
+    for folder in (shipped, repo):
+        for candidate in candidates:
+            found = folder / candidate
+            if found.is_file():
+                return Path(str(found))
+    raise ConfigError(f"config file not found: {name} (nor a shipped config of that name)")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Build a Config from defaults, an optional YAML file and ``section.key=value`` overrides.
+
+    ``base`` replaces the dataclass defaults (e.g. the config stored in a checkpoint).
+    """
+    cfg = copy.deepcopy(base) if base is not None else Config()
+    if path is not None:
+        config_path = find_config(path)
+        try:
+            data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{config_path}: cannot read YAML: {exc}".splitlines()[0]) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_path}: top level must be a mapping of sections")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{config_path}: section '{section}' must be a mapping")
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return cfg
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    section_name, _, key = dotted.partition(".")
+    section = getattr(cfg, section_name, None) if section_name in _names(cfg) else None
+    if section is None or not key:
+        raise ConfigError(f"unknown config key '{dotted}'")
+    if key not in _names(section):
+        raise ConfigError(f"unknown config key '{dotted}'")
+    hint = typing.get_type_hints(type(section))[key]
+    setattr(section, key, _convert(value, hint, dotted))
+
+
+def _names(obj: Any) -> set[str]:
+    return {f.name for f in fields(obj)}
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in get_args(hint):
+            return None
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is list:
+        (item_type,) = get_args(hint)
+        items = value if isinstance(value, list) else [value]
+        return [_convert(v, item_type, key) for v in items]
+    try:
+        if hint is bool:
+            return _to_bool(value)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if hint is str and isinstance(value, (dict, list)):
+            raise ValueError
+        return hint(value)
+    except (TypeError, ValueError):
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"config key '{key}': {value!r} is not a valid {name}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a Config (for YAML, JSON and checkpoints)."""
+    return asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from :func:`config_to_dict` output, tolerating keys added later."""
+    cfg = Config()
+    for section, values in data.items():
+        if section not in _names(cfg):
+            continue
+        known = _names(getattr(cfg, section))
+        for key, value in values.items():
+            if key in known:
+                _set(cfg, f"{section}.{key}", value)
+    return cfg
+
+
+def dump_config(cfg: Config, path: Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """A copy of ``cfg`` with whole sections replaced (configs are treated as read-only)."""
+    return dataclasses.replace(cfg, **sections)

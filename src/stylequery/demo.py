@@ -1,0 +1,152 @@
+"""The main job end to end on a synthetic catalogue, in one call.
+
+synthesize -> prepare -> train (``cpu.yaml``) -> evaluate -> embed -> query -> contact sheet.
+Each step keeps what an earlier demo in the same folder already made, unless ``fresh``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylequery.config import load_config
+from stylequery.data import caption_difference, load_prepared, prepare
+from stylequery.evaluate import COLOUR_WORDS, EvalResult, evaluate
+from stylequery.inference import QueryEngine, QueryResult, embed
+from stylequery.runs import checkpoint_paths
+from stylequery.synth import synthesize
+from stylequery.viz import SheetItem, contact_sheet
+
+logger = logging.getLogger(__name__)
+
+DEMO_PRODUCTS = 1500  # catalogue size: enough families for real queries, quick to draw
+DEMO_IMAGE_SIZE = 96  # synthetic JPEG side; training reads the 64 px cache of cpu.yaml
+
+
+@dataclass
+class DemoSummary:
+    """Where the demo put everything, and what it measured."""
+
+    out: Path
+    catalogue: Path
+    prepared: Path
+    run_dir: Path
+    checkpoint: Path
+    index: Path
+    sheet: Path
+    query_image: Path
+    change: tuple[str, str]
+    metrics: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = [(k, f"{v:.4f}") for k, v in self.metrics.items()]
+        rows += [
+            ("catalogue", str(self.catalogue)),
+            ("prepared", str(self.prepared)),
+            ("checkpoint", str(self.checkpoint)),
+            ("index", str(self.index)),
+            ("contact sheet", str(self.sheet)),
+            ("metrics", str(self.run_dir / "metrics.json")),
+            ("curves", str(self.run_dir / "curves.png")),
+            ("minutes", f"{sum(self.seconds.values()) / 60:.1f}"),
+        ]
+        return rows
+
+    def next_commands(self) -> list[str]:
+        src, tgt = self.change
+        return [
+            f"stylequery evaluate {self.checkpoint} --breakdown",
+            f"stylequery query {self.query_image} --change {src}:{tgt} "
+            f"--checkpoint {self.checkpoint} --index {self.index} --save results.png",
+            f"stylequery train --config cpu.yaml --set data.root={self.catalogue} "
+            "--set model.composer=concat",
+        ]
+
+
+def run_demo(
+    out: Path, device: torch.device, fresh: bool = False, console: Any = None
+) -> DemoSummary:
+    """Run (or finish) the demo in ``out`` and return where everything is."""
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    timings: dict[str, float] = {}
+    catalogue, prepared_dir = out / "catalogue", out / "catalogue" / "prepared" / "pants"
+    cfg = load_config("cpu.yaml", [f"data.root={catalogue}", f"data.prepared_dir={prepared_dir}"])
+    with _timed(timings, "synth", console):
+        if not (catalogue / "labels").is_dir():
+            synthesize(catalogue, products=DEMO_PRODUCTS, image_size=DEMO_IMAGE_SIZE, seed=0)
+    with _timed(timings, "prepare", console):
+        if not (prepared_dir / "manifest.json").is_file():
+            prepare(cfg.data, prepared_dir, image_cache=cfg.data.image_size)
+    run_dir = out / "runs" / "train" / cfg.train.name
+    best = checkpoint_paths(run_dir)[1]
+    with _timed(timings, "train", console):
+        if not best.is_file():
+            from stylequery.train import train
+
+            train(cfg, run_dir, device)
+    with _timed(timings, "evaluate", console):
+        result = _evaluate(best, run_dir / "metrics.json", device)
+    index = run_dir / "index"
+    with _timed(timings, "embed", console):
+        if not (index / "index.json").is_file():
+            embed(best, prepared_dir, index, device, num_workers=0)
+    with _timed(timings, "query", console):
+        image, change, answer = _query(best, index, prepared_dir, device)
+        sheet = out / "results.png"
+        items = [SheetItem(Path(h.path), h.score, h.caption, h.hit) for h in answer.hits]
+        contact_sheet(image, " ; ".join(answer.texts), items, sheet)
+    return DemoSummary(
+        out,
+        catalogue,
+        prepared_dir,
+        run_dir,
+        best,
+        index,
+        sheet,
+        image,
+        change,
+        result.metrics,
+        timings,
+    )
+
+
+def _evaluate(checkpoint: Path, out: Path, device: torch.device) -> EvalResult:
+    return evaluate(checkpoint, device, out=out, breakdown=True)
+
+
+def _query(
+    checkpoint: Path, index: Path, prepared_dir: Path, device: torch.device
+) -> tuple[Path, tuple[str, str], QueryResult]:
+    """Query with the first test query whose change is a colour word."""
+    prepared = load_prepared(prepared_dir)
+    items = prepared.split("test")
+    for source, target in prepared.queries:
+        change = caption_difference(items[source].caption, items[target].caption)
+        if change[0] in COLOUR_WORDS and change[1] in COLOUR_WORDS:
+            break
+    image = prepared.root / items[source].path
+    engine = QueryEngine(checkpoint, index, device)
+    return image, change, engine.query(image, [change], k=10)
+
+
+class _timed:
+    """Time a demo step and announce it."""
+
+    def __init__(self, timings: dict[str, float], name: str, console: Any) -> None:
+        self.timings, self.name, self.console = timings, name, console
+
+    def __enter__(self) -> None:
+        if self.console is not None:
+            self.console.rule(f"[bold]{self.name}")
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = time.perf_counter() - self.start

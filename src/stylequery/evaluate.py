@@ -1,0 +1,255 @@
+"""The reference test protocol: recall@K of composed queries against a split's images.
+
+A query is a source image plus a modification text; the gallery is every image of the split
+with only the query's own source image left out; a hit is any gallery image whose normalised
+caption equals the target caption. Every image is encoded once (its raw embedding serves both
+as a gallery entry and as a query source) and every distinct modification text once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from stylequery.checkpoint import load_model
+from stylequery.config import Config, load_config, replace
+from stylequery.data import (
+    ImageDataset,
+    PreparedData,
+    caption_difference,
+    caption_labels,
+    generate_queries,
+    load_prepared,
+    modification_text,
+)
+from stylequery.errors import DataError
+from stylequery.fileio import write_json
+from stylequery.metrics import first_hit_rank, recall_at_k, recall_by_group
+from stylequery.progress import progress_bar
+from stylequery.runtime import autocast
+from stylequery.vocab import Vocab, pad_batch
+
+logger = logging.getLogger(__name__)
+
+# Words counted as colours by ``--breakdown``; a query whose changed word pair are both in this
+# list is a "colour" query, every other query is "other".
+COLOUR_WORDS = frozenset(
+    "black white blue navy green red grey gray beige brown pink purple yellow orange khaki "
+    "olive burgundy cream ivory tan camel charcoal maroon teal coral turquoise mint lilac "
+    "lavender gold silver nude indigo denim multicolor multicolour rust mustard wine".split()
+)
+
+
+@dataclass
+class EvalResult:
+    """Recall of one protocol run, with the sizes that give it meaning."""
+
+    metrics: dict[str, float]
+    num_queries: int
+    gallery_size: int
+    split: str
+    breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    breakdown_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = dict(self.metrics)
+        data.update(num_queries=self.num_queries, gallery_size=self.gallery_size, split=self.split)
+        if self.breakdown:
+            data["breakdown"] = self.breakdown
+            data["breakdown_counts"] = self.breakdown_counts
+            data["colour_words"] = sorted(COLOUR_WORDS)
+        return data
+
+
+@torch.no_grad()
+def encode_split_images(
+    model: torch.nn.Module,
+    prepared: PreparedData,
+    split: str,
+    cfg: Config,
+    device: torch.device,
+    features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Raw (unnormalised) image embeddings of every image of a split: (N, D) float32.
+
+    ``features`` are cached backbone features (frozen-encoder mode); then only the projection runs.
+    """
+    if features is not None:
+        return model.project_image(features.to(device), normalize=False).float()  # (N, D)
+    items = prepared.split(split)
+    cache = prepared.image_cache(split, cfg.data.image_size) if cfg.data.use_image_cache else None
+    dataset = ImageDataset(items, prepared.root, cfg.data.image_size, cache=cache)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training) untouched
+    )
+    chunks = []
+    with progress_bar(f"encode {split} images", total=len(dataset), log_every=30) as bar:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            if cfg.train.channels_last and device.type != "mps":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, cfg.train.precision):
+                emb = model.encode_image(images, normalize=False)  # (B, D)
+            chunks.append(emb.float())
+            bar.advance(len(images))
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_texts(
+    model: torch.nn.Module, vocab: Vocab, texts: list[str], device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """Text embeddings of ``texts``: (T, D) float32, in order."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens, lengths = pad_batch([vocab.encode(t) for t in texts[start : start + batch_size]])
+        out.append(model.encode_text(tokens.to(device), lengths.to(device)).float())
+    return torch.cat(out)
+
+
+def select_queries(queries: list[tuple[int, int]], max_queries: int) -> list[tuple[int, int]]:
+    """All queries, or ``max_queries`` of them evenly spread (deterministic)."""
+    if max_queries <= 0 or max_queries >= len(queries):
+        return list(queries)
+    picks = np.linspace(0, len(queries) - 1, max_queries).round().astype(int)
+    return [queries[i] for i in picks]
+
+
+def split_queries(prepared: PreparedData, split: str, seed: int) -> list[tuple[int, int]]:
+    """The prepared test queries, or queries generated the same way for the train split."""
+    if split == "test":
+        return list(prepared.queries)
+    return generate_queries(prepared.split(split), seed)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    prepared: PreparedData,
+    cfg: Config,
+    device: torch.device,
+    split: str | None = None,
+    max_queries: int = 0,
+    breakdown: bool = False,
+    features: torch.Tensor | None = None,
+    vocab: Vocab | None = None,
+) -> EvalResult:
+    """Run the protocol for an in-memory model (restores its train/eval mode afterwards).
+
+    ``vocab`` is the model's vocabulary (default: the prepared one it was trained with).
+    """
+    split = split or cfg.eval.split
+    queries = select_queries(split_queries(prepared, split, cfg.data.seed), max_queries)
+    if not queries:
+        raise DataError(f"{prepared.dir}: the {split} split has no queries to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        raw = encode_split_images(model, prepared, split, cfg, device, features)  # (N, D)
+        items = prepared.split(split)
+        texts = [
+            modification_text(items[s].caption, items[t].caption, cfg.data.modification_template)
+            for s, t in queries
+        ]
+        unique = sorted(set(texts))
+        text_emb = encode_texts(model, vocab or prepared.vocab, unique, device, cfg.eval.batch_size)
+        position = {t: i for i, t in enumerate(unique)}
+        text_ids = torch.tensor([position[t] for t in texts])
+        source = torch.tensor([s for s, _ in queries])
+        target = torch.tensor([t for _, t in queries])
+        query_emb = compose_queries(model, raw, text_emb, source, text_ids, cfg.eval.batch_size)
+    finally:
+        model.train(was_training)
+    labels = torch.from_numpy(caption_labels(items))
+    scores = query_emb @ F.normalize(raw, dim=-1).T  # (Q, N)
+    ranks = first_hit_rank(scores, labels, labels[target], exclude=source)
+    result = EvalResult(recall_at_k(ranks, cfg.eval.ks), len(queries), len(items), split)
+    if breakdown:
+        groups = [_change_group(items[s].caption, items[t].caption) for s, t in queries]
+        result.breakdown = recall_by_group(ranks, groups, cfg.eval.ks)
+        result.breakdown_counts = {g: groups.count(g) for g in sorted(set(groups))}
+    return result
+
+
+def compose_queries(
+    model: torch.nn.Module,
+    raw_images: torch.Tensor,
+    text_emb: torch.Tensor,
+    source: torch.Tensor,
+    text_ids: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    """Normalised composed queries (Q, D) from raw image (N, D) and text (T, D) embeddings."""
+    out = []
+    for start in range(0, len(source), batch_size):
+        s = source[start : start + batch_size].to(raw_images.device)
+        t = text_ids[start : start + batch_size].to(text_emb.device)
+        out.append(model.compose(raw_images[s], text_emb[t], normalize=True).float())  # (B, D)
+    return torch.cat(out)
+
+
+def _change_group(source_caption: str, target_caption: str) -> str:
+    src, tgt = caption_difference(source_caption, target_caption)
+    return "colour" if src in COLOUR_WORDS and tgt in COLOUR_WORDS else "other"
+
+
+def evaluate(
+    checkpoint_path: Path,
+    device: torch.device,
+    config_path: Path | None = None,
+    overrides: list[str] | None = None,
+    prepared_dir: Path | None = None,
+    out: Path | None = None,
+    breakdown: bool = False,
+) -> EvalResult:
+    """Evaluate a checkpoint on a prepared split and write ``metrics.json`` to ``out``.
+
+    The config stored in the checkpoint is the base; ``config_path`` and ``overrides`` (data and
+    eval settings, e.g. ``eval.split=train``) apply on top. The model always comes from the
+    checkpoint.
+    """
+    loaded = load_model(checkpoint_path, device)
+    cfg = load_config(config_path, overrides, base=loaded.cfg)
+    cfg = replace(cfg, model=loaded.cfg.model)
+    prepared = load_prepared(prepared_dir or resolve_prepared_dir(cfg))
+    _check_vocab(prepared, loaded.vocab, checkpoint_path)
+    result = evaluate_model(
+        loaded.model,
+        prepared,
+        cfg,
+        device,
+        max_queries=cfg.eval.max_queries,
+        breakdown=breakdown,
+        vocab=Vocab(loaded.vocab),
+    )
+    if out is not None:
+        data = result.to_json()
+        data.update(checkpoint=str(checkpoint_path), fingerprint=loaded.fingerprint)
+        write_json(out, data)
+    return result
+
+
+def resolve_prepared_dir(cfg: Config) -> Path:
+    """The prepared folder a config points at."""
+    from stylequery.data import default_prepared_dir
+
+    return Path(cfg.data.prepared_dir) if cfg.data.prepared_dir else default_prepared_dir(cfg.data)
+
+
+def _check_vocab(prepared: PreparedData, vocab: list[str], checkpoint_path: Path) -> None:
+    if list(prepared.vocab.tokens) != list(vocab):
+        logger.warning(
+            "%s was trained with another vocabulary than %s; unknown words map to <UNK>",
+            checkpoint_path,
+            prepared.dir,
+        )

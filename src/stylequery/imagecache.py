@@ -1,0 +1,227 @@
+"""The one image transform, cheap image checks, and the prepared uint8 image cache.
+
+Every image the project sees goes through :func:`decode_image`: decoded, converted to RGB,
+shorter side resized to S (bilinear, antialiased), centre-cropped to S x S. The cache built by
+:func:`build_cache` stores exactly those pixels, so reading it is indistinguishable from
+decoding the JPEGs, only faster.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from stylequery.errors import DataError
+from stylequery.fileio import atomic_file
+from stylequery.progress import progress_bar
+
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_BLOCK = 256  # images decoded per batch of thread-pool work (bounds memory held in flight)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Decode an image file into uint8 pixels (S, S, 3), the project's one transform.
+
+    Raises:
+        DataError: The file is missing or not a readable image (the message names it).
+    """
+    try:
+        with Image.open(path) as image:
+            # JPEG only: let libjpeg decode at a reduced scale that still covers S x S.
+            image.draft("RGB", (size, size))
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except _PIL_ERRORS as exc:
+        raise DataError(f"{path}: cannot read image: {_one_line(exc)}") from None
+    return resize_crop(rgb, size)
+
+
+def resize_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bilinear, antialiased) and centre-crop square."""
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = size, max(size, int(size * height / width))
+    else:
+        new_w, new_h = max(size, int(size * width / height)), size
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left = round((new_w - size) / 2.0)
+    top = round((new_h - size) / 2.0)
+    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """Image file -> uint8 tensor (3, S, S); see :func:`decode_image`."""
+    return torch.from_numpy(decode_image(path, size)).permute(2, 0, 1).contiguous()
+
+
+def image_problem(path: Path) -> str | None:
+    """Why an image cannot be used (``"not found"``, ``"unreadable: ..."``), or None if fine.
+
+    Cheap: reads the header and lets PIL verify what it can without decoding pixels.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot stat: {_one_line(exc)}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except _PIL_ERRORS as exc:
+        return f"unreadable: {_one_line(exc)}"
+    return None
+
+
+def cache_file_name(split: str, size: int) -> str:
+    """File name of a split's cache inside a prepared folder."""
+    return f"cache_{split}_{size}.npy"
+
+
+def _decode_or_reason(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+    try:
+        return decode_image(path, size), ""
+    except DataError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
+
+
+def build_cache(
+    paths: Sequence[Path], size: int, out_path: Path, description: str = "cache"
+) -> dict[int, str]:
+    """Decode every image once into a uint8 (N, S, S, 3) ``.npy`` file (loadable as mmap).
+
+    Images that fail to decode are left out of the file; the caller must drop them from the
+    split, so that row ``i`` of the file is the ``i``-th image that decoded.
+
+    Args:
+        paths: Image files in split order.
+        size: Square side S.
+        out_path: The ``.npy`` file to write.
+        description: Progress bar label.
+
+    Returns:
+        ``{index: reason}`` of the images that could not be decoded.
+    """
+    failures: dict[int, str] = {}
+    array = np.lib.format.open_memmap(
+        out_path, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
+    )
+    row = 0
+    with (
+        ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+        progress_bar(description, total=len(paths)) as bar,
+    ):
+        for start in range(0, len(paths), _BLOCK):
+            block = paths[start : start + _BLOCK]
+            for offset, (pixels, reason) in enumerate(
+                pool.map(_decode_or_reason, block, [size] * len(block))
+            ):
+                if pixels is None:
+                    failures[start + offset] = reason
+                else:
+                    array[row] = pixels
+                    row += 1
+            bar.advance(len(block))
+    array.flush()
+    del array
+    if failures:
+        _truncate_cache(out_path, row)
+    return failures
+
+
+def _truncate_cache(path: Path, rows: int) -> None:
+    """Keep only the first ``rows`` rows of a cache file (rare: some images failed)."""
+    old = np.load(path, mmap_mode="r")
+    with atomic_file(path) as tmp:
+        new = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(rows, *old.shape[1:])
+        )
+        for start in range(0, rows, _BLOCK):
+            new[start : start + _BLOCK] = old[start : min(rows, start + _BLOCK)]
+        new.flush()
+        del new
+    del old
+
+
+def open_cache(path: Path, count: int, size: int) -> np.ndarray:
+    """Memory-map a cache file and check it holds ``count`` images of ``size``.
+
+    Raises:
+        DataError: The file is unreadable or has another shape or dtype.
+    """
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt image cache: {_one_line(exc)}") from None
+    if array.dtype != np.uint8 or array.shape != (count, size, size, 3):
+        raise DataError(
+            f"{path}: image cache has shape {array.shape} {array.dtype}, "
+            f"expected ({count}, {size}, {size}, 3) uint8; run prepare again"
+        )
+    return array
+
+
+class ImageSource:
+    """Images of a list of files as uint8 (3, S, S) tensors, from a cache when there is one.
+
+    Picklable for DataLoader workers: a memory-mapped cache travels as its file name and is
+    mapped again in the worker, instead of being copied.
+
+    Args:
+        paths: Image files.
+        size: Square side S.
+        cache: Optional (N, S, S, 3) uint8 array whose row ``i`` is image ``paths[i]``.
+    """
+
+    def __init__(self, paths: Sequence[Path], size: int, cache: np.ndarray | None = None) -> None:
+        if cache is not None and (
+            cache.dtype != np.uint8 or cache.shape != (len(paths), size, size, 3)
+        ):
+            raise ValueError(
+                f"image cache of shape {cache.shape} {cache.dtype} does not fit "
+                f"{len(paths)} images of size {size}"
+            )
+        self.paths = [Path(p) for p in paths]
+        self.size = size
+        self._cache = cache
+        self._cache_file = getattr(cache, "filename", None)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None or self._cache_file is not None
+
+    def get(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a uint8 tensor (3, S, S)."""
+        if self._cache is None and self._cache_file is not None:
+            self._cache = np.load(self._cache_file, mmap_mode="r")
+        if self._cache is None:
+            return load_image(self.paths[index], self.size)
+        pixels = np.array(self._cache[index])  # (S, S, 3), copied out of the mmap
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._cache_file is not None:
+            state["_cache"] = None
+        return state

@@ -1,0 +1,267 @@
+"""Using a trained model: ``embed`` a gallery into an index, ``query`` it with an image + change."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from stylequery.checkpoint import LoadedModel, load_model
+from stylequery.data import load_image, load_prepared
+from stylequery.errors import DataError, StyleQueryError
+from stylequery.index import EmbeddingIndex
+from stylequery.progress import progress_bar
+from stylequery.runtime import autocast
+from stylequery.vocab import Vocab, pad_batch
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+@dataclass
+class EmbedSummary:
+    """What ``embed`` did."""
+
+    index_dir: Path
+    added: int
+    total: int
+    skipped: list[tuple[str, str]]  # (path, reason) of unreadable images
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.added / self.seconds if self.seconds > 0 else 0.0
+
+
+class _GalleryImages(Dataset[dict[str, Any]]):
+    """Images by path; an unreadable one yields ``image=None`` and its reason, never an error."""
+
+    def __init__(self, paths: list[Path], image_size: int) -> None:
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return {"image": load_image(self.paths[i], self.image_size), "index": i, "error": ""}
+        except (DataError, OSError) as exc:
+            return {"image": None, "index": i, "error": str(exc)}
+
+
+def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [b for b in batch if b["image"] is not None]
+    return {
+        "images": torch.stack([b["image"] for b in good]) if good else None,
+        "indices": [b["index"] for b in good],
+        "errors": [(b["index"], b["error"]) for b in batch if b["image"] is None],
+    }
+
+
+def gallery_source(source: Path, split: str) -> tuple[list[Path], list[str | None]]:
+    """Image paths and captions of a prepared split, or of every image under a folder."""
+    source = Path(source)
+    if (source / "manifest.json").is_file():
+        prepared = load_prepared(source)
+        items = prepared.split(split)
+        return [prepared.root / it.path for it in items], [it.caption for it in items]
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"{source}: no .jpg, .jpeg, .png or .webp images found (recursive)")
+        return paths, [None] * len(paths)
+    raise DataError(f"{source}: not a prepared folder (no manifest.json) nor a folder of images")
+
+
+@torch.no_grad()
+def embed(
+    checkpoint: Path,
+    source: Path,
+    out: Path,
+    device: torch.device,
+    split: str = "test",
+    append: bool = False,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    dtype: Literal["float32", "float16"] = "float32",
+) -> EmbedSummary:
+    """Encode a gallery (prepared split or image folder) into an index folder at ``out``.
+
+    With ``append`` the images already in the index at ``out`` are kept, not re-encoded.
+    Unreadable images are skipped and listed in the summary.
+    """
+    start = time.perf_counter()
+    loaded = load_model(checkpoint, device)
+    paths, captions = gallery_source(source, split)
+    old = EmbeddingIndex.load(out) if append and (out / "index.json").is_file() else None
+    if old is not None:
+        old.check_fingerprint(loaded.fingerprint)
+        known = set(old.paths)
+        keep = [i for i, p in enumerate(paths) if str(p.resolve()) not in known]
+        paths, captions = [paths[i] for i in keep], [captions[i] for i in keep]
+    embeddings, good, skipped = _encode_paths(loaded, paths, device, batch_size, num_workers)
+    new_paths = [str(paths[i].resolve()) for i in good]
+    new_captions = [captions[i] for i in good]
+    if old is not None:
+        index = old.append(embeddings, new_paths, new_captions) if good else old
+    else:
+        if not good:
+            raise DataError(f"{source}: none of the {len(paths)} images could be read")
+        meta = {"checkpoint": str(checkpoint), "source": str(source), "split": split}
+        index = EmbeddingIndex.build(
+            embeddings, new_paths, new_captions, loaded.fingerprint, dtype=dtype, meta=meta
+        )
+    index.save(out)
+    for path, reason in skipped:
+        logger.warning("skipped %s: %s", path, reason)
+    return EmbedSummary(out, len(good), len(index), skipped, time.perf_counter() - start)
+
+
+def _encode_paths(
+    loaded: LoadedModel, paths: list[Path], device: torch.device, batch_size: int, workers: int
+) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Normalised embeddings of the readable images, their positions, and the skipped ones."""
+    cfg = loaded.cfg
+    loader = DataLoader(
+        _GalleryImages(paths, cfg.data.image_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    chunks, good, skipped = [], [], []
+    with progress_bar("embed", total=len(paths), log_every=30) as bar:
+        for batch in loader:
+            skipped += [(str(paths[i]), reason) for i, reason in batch["errors"]]
+            if batch["images"] is not None:
+                images = batch["images"].to(device, non_blocking=True)
+                if cfg.train.channels_last and device.type != "mps":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast(device, cfg.train.precision):
+                    emb = loaded.model.encode_image(images, normalize=True)  # (B, D)
+                chunks.append(emb.float().cpu())
+                good += batch["indices"]
+            bar.advance(len(batch["indices"]) + len(batch["errors"]))
+    dim = cfg.model.embed_dim
+    return (torch.cat(chunks) if chunks else torch.empty(0, dim)), good, skipped
+
+
+def parse_change(spec: str) -> tuple[str, str]:
+    """``"black:green"`` -> ``("black", "green")``."""
+    src, sep, tgt = spec.partition(":")
+    if not sep or not src.strip() or not tgt.strip() or ":" in tgt:
+        raise StyleQueryError(f"--change '{spec}' must be FROM:TO, e.g. --change black:green")
+    return src.strip().lower(), tgt.strip().lower()
+
+
+@dataclass
+class QueryHit:
+    rank: int
+    score: float
+    path: str
+    caption: str | None
+    hit: bool | None  # caption equals the target caption; None when that is unknown
+
+
+@dataclass
+class QueryResult:
+    image: Path
+    texts: list[str]
+    hits: list[QueryHit]
+    source_caption: str | None
+    target_caption: str | None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": str(self.image),
+            "texts": self.texts,
+            "source_caption": self.source_caption,
+            "target_caption": self.target_caption,
+            "warnings": self.warnings,
+            "results": [vars(h) for h in self.hits],
+        }
+
+
+class QueryEngine:
+    """A checkpoint and an index loaded once, answering queries (the warm path)."""
+
+    def __init__(self, checkpoint: Path, index_dir: Path, device: torch.device) -> None:
+        self.loaded = load_model(checkpoint, device)
+        self.index = EmbeddingIndex.load(index_dir)
+        self.index.check_fingerprint(self.loaded.fingerprint)
+        self.vocab = Vocab(self.loaded.vocab)
+        self.device = device
+        self._position = {p: i for i, p in enumerate(self.index.paths)}
+
+    def texts_for(self, changes: list[tuple[str, str]], text: str | None) -> list[str]:
+        """Modification texts: one per change (in the training template), or the free text."""
+        template = self.loaded.cfg.data.modification_template
+        if text:
+            return [text]
+        if not changes:
+            raise StyleQueryError("give at least one --change FROM:TO or a --text")
+        return [template.format(src=src, tgt=tgt) for src, tgt in changes]
+
+    def unknown_word_warnings(self, texts: list[str]) -> list[str]:
+        """A warning, with the nearest known words, for each word the vocabulary lacks.
+
+        The template's own words ("change", "to") are left out: the vocabulary holds caption
+        words, so they were <UNK> in training too.
+        """
+        template = self.loaded.cfg.data.modification_template
+        ignored = set(self.vocab.tokenize(template.format(src="", tgt="")))
+        warnings = []
+        for word in sorted({w for t in texts for w in self.vocab.tokenize(t)} - ignored):
+            if not self.vocab.is_known(word):
+                close = self.vocab.suggest(word)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                warnings.append(f"'{word}' is not in the vocabulary (read as <UNK>){hint}")
+        return warnings
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Composed, normalised query (1, D): each text applied to the previous composition."""
+        model = self.loaded.model
+        query = model.encode_image(image[None].to(self.device), normalize=False)  # (1, D)
+        for text in texts:
+            tokens, lengths = pad_batch([self.vocab.encode(text)])
+            words = model.encode_text(tokens.to(self.device), lengths.to(self.device))  # (1, D)
+            query = model.compose(query, words, normalize=False)  # (1, D)
+        return F.normalize(query.float(), dim=-1).cpu()
+
+    def query(
+        self, image_path: Path, changes: list[tuple[str, str]], text: str | None = None, k: int = 10
+    ) -> QueryResult:
+        """Top-k gallery images for an image plus changes (the image itself is left out)."""
+        texts = self.texts_for(changes, text)
+        image = load_image(image_path, self.loaded.cfg.data.image_size)
+        own = self._position.get(str(Path(image_path).resolve()), -1)
+        scores, ids = self.index.search(self.encode(image, texts).numpy(), k, exclude=[own])
+        source_caption = self.index.captions[own] if own >= 0 else None
+        target = apply_changes(source_caption, changes) if source_caption and not text else None
+        hits = []
+        for rank, (score, i) in enumerate(zip(scores[0].tolist(), ids[0].tolist()), start=1):
+            caption = self.index.captions[i]
+            hit = None if target is None or caption is None else caption == target
+            hits.append(QueryHit(rank, float(score), self.index.paths[i], caption, hit))
+        return QueryResult(
+            Path(image_path), texts, hits, source_caption, target, self.unknown_word_warnings(texts)
+        )
+
+
+def apply_changes(caption: str, changes: list[tuple[str, str]]) -> str | None:
+    """The caption after replacing each FROM word by its TO word; None if a FROM word is absent."""
+    words = caption.split()
+    for src, tgt in changes:
+        if src not in words:
+            return None
+        words[words.index(src)] = tgt
+    return " ".join(words)

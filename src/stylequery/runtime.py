@@ -1,0 +1,142 @@
+"""Device choice, mixed precision, seeding, distributed set-up and logging."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from stylequery.errors import StyleQueryError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device; ``auto`` picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StyleQueryError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StyleQueryError(f"device '{name}' asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise StyleQueryError(f"device '{name}': only {torch.cuda.device_count()} GPU(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise StyleQueryError(f"device '{name}' asked for, but MPS is not available here")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast context for ``bf16``/``fp16``; a no-op for fp32 (and fp16 off CUDA)."""
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse precision/device combinations that would silently do something else."""
+    if precision == "fp16" and device.type != "cuda":
+        raise StyleQueryError("train.precision=fp16 needs CUDA; use bf16 or fp32 on this device")
+    if precision == "bf16" and device.type == "mps":
+        raise StyleQueryError("train.precision=bf16 is not supported on mps; use fp32")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) dict/list/tuple batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+# Distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK. The CLI reads them and passes the
+# result down; library code only calls the helpers below.
+
+
+def distributed_env() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from torchrun's environment, or None when not set."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return (
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def init_distributed(device: torch.device) -> None:
+    """Start the process group: nccl on CUDA, gloo otherwise."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank, so all ranks hold one model."""
+    import torch.distributed as dist
+
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure logging once for the CLI: Rich handler on a terminal, plain lines otherwise."""
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(show_path=False, show_time=False, markup=False, rich_tracebacks=False)
+    root = logging.getLogger("stylequery")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if not is_main_process():
+        root.setLevel(logging.WARNING)

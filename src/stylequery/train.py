@@ -1,0 +1,510 @@
+"""Training: pairs in, a trained checkpoint out, with validation, curves and exact resume.
+
+``train(cfg, run_dir, device)`` is composed of :func:`build_loaders`, :func:`build_state`,
+:func:`train_one_epoch`, validation through :mod:`stylequery.evaluate` and
+:func:`save_state`. Data order depends only on ``(seed, epoch)`` and pair sampling only on
+``(seed, epoch, index)``, so a resumed run replays exactly what an uninterrupted one would.
+Under ``torchrun`` the same code runs DistributedDataParallel; only rank 0 logs, evaluates
+and saves.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from stylequery.checkpoint import (
+    fingerprint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from stylequery.config import Config, dump_config
+from stylequery.data import ImageDataset, PairDataset, PreparedData, collate_pairs, load_prepared
+from stylequery.errors import DataError, StyleQueryError
+from stylequery.evaluate import evaluate_model, resolve_prepared_dir
+from stylequery.fileio import atomic_file
+from stylequery.loss import build_loss, gather_with_grad
+from stylequery.model import StyleQueryModel, build_model
+from stylequery.progress import progress_bar
+from stylequery import runtime
+from stylequery.runs import checkpoint_paths
+from stylequery.viz import plot_curves
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(StyleQueryError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    last: Path
+    best: Path
+    iterations: int
+    best_value: float
+    metrics: dict[str, float]
+    fingerprint: str
+    seconds: float
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, sharded across ranks, able to skip finished batches."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world = rank, world
+        self.num_batches = (size // world) // batch_size
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)[self.rank :: self.world]
+        used = order[: self.num_batches * self.batch_size]
+        return iter(used[self.skip_batches * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.num_batches - self.skip_batches) * self.batch_size
+
+
+class TrainingStep(nn.Module):
+    """The whole differentiable step in one ``forward``, so DDP synchronises every gradient
+    (the loss's learnable scale included) and in-batch negatives come from all ranks."""
+
+    def __init__(
+        self, model: StyleQueryModel, loss_fn: nn.Module, cfg: Config, device: torch.device
+    ):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+        self.precision, self.device = cfg.train.precision, device
+        self.channels_last = cfg.train.channels_last and device.type != "mps"
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """Loss of one batch.
+
+        Args:
+            source: Source images (B, 3, H, W) uint8, or cached backbone features (B, F).
+            target: Target images or features, like ``source``.
+            tokens: Modification text ids (B, L); lengths (B,).
+        """
+        with runtime.autocast(self.device, self.precision):
+            src = self._embed(source)  # (B, D)
+            tgt = self._embed(target)  # (B, D)
+            text = self.model.encode_text(tokens, lengths)  # (B, D)
+            query = self.model.compose(src, text, normalize=False)  # (B, D)
+        targets = gather_with_grad(tgt.float())  # (world * B, D)
+        positives = torch.arange(len(query), device=query.device) + runtime.rank() * len(query)
+        return self.loss_fn(query.float(), targets, positives)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return self.model.project_image(x, normalize=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model.encode_image(x, normalize=False)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training, and what resume restores."""
+
+    model: StyleQueryModel
+    loss_fn: nn.Module
+    step: nn.Module  # TrainingStep, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    scaler: torch.amp.GradScaler
+    iteration: int = 0
+    best_value: float = -math.inf
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen-encoder cache
+    history: list[dict[str, float]] = field(default_factory=list)  # metrics.csv rows
+
+
+def build_loaders(
+    cfg: Config, prepared: PreparedData, device: torch.device
+) -> tuple[PairDataset, EpochSampler, DataLoader]:
+    """The training pair dataset, its sampler and loader."""
+    frozen = cfg.model.freeze_image_encoder
+    dataset = PairDataset(
+        prepared,
+        "train",
+        cfg.data.image_size,
+        cfg.data.modification_template,
+        seed=cfg.train.seed,
+        with_images=not frozen,
+        hflip=cfg.data.hflip,
+        cache=None
+        if frozen or not cfg.data.use_image_cache
+        else prepared.image_cache("train", cfg.data.image_size),
+    )
+    sampler = EpochSampler(
+        len(dataset), cfg.train.batch_size, cfg.train.seed, runtime.rank(), runtime.world_size()
+    )
+    if sampler.num_batches == 0:
+        raise DataError(
+            f"{prepared.dir}: {len(dataset)} usable training pairs, fewer than one batch of "
+            f"train.batch_size={cfg.train.batch_size} per process"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=0 if frozen else cfg.data.num_workers,
+        collate_fn=functools.partial(collate_pairs, vocab=prepared.vocab),
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps the global RNG untouched
+    )
+    return dataset, sampler, loader
+
+
+def build_state(cfg: Config, vocab_size: int, device: torch.device) -> TrainState:
+    """Model, loss, optimiser (backbone at ``backbone_lr_mult`` when pretrained) and schedule."""
+    runtime.seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, vocab_size).to(device)
+    if cfg.train.channels_last and device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if cfg.model.freeze_image_encoder:
+        model.freeze_image_backbone()
+    loss_fn = build_loss(cfg.train.loss, cfg.train.loss_scale).to(device)
+    mult = cfg.train.backbone_lr_mult if cfg.model.pretrained != "none" else 1.0
+    trainable = lambda params: [p for p in params if p.requires_grad]  # noqa: E731
+    groups = [
+        {"params": trainable(model.backbone_parameters()), "lr": cfg.train.lr * mult},
+        {
+            "params": trainable(model.head_parameters()) + list(loss_fn.parameters()),
+            "lr": cfg.train.lr,
+        },
+    ]
+    optimizer = torch.optim.SGD(
+        [g for g in groups if g["params"]],
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+    )
+    decay_every = cfg.train.lr_decay_every
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer,
+        step_size=max(decay_every, 1),
+        gamma=cfg.train.lr_decay_factor if decay_every else 1.0,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+    step: nn.Module = TrainingStep(model, loss_fn, cfg, device)
+    if runtime.world_size() > 1:
+        step = nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    torch.manual_seed(cfg.train.seed + runtime.rank())  # dropout differs across ranks
+    return TrainState(model, loss_fn, step, optimizer, scheduler, scaler)
+
+
+def optimise(state: TrainState, batch: dict[str, Any], cfg: Config, device: torch.device) -> float:
+    """One SGD step on a batch; returns the loss value."""
+    if state.features:
+        source = state.features["train"][batch["source_index"]]
+        target = state.features["train"][batch["target_index"]]
+    else:
+        source, target = batch["source"], batch["target"]
+    source, target, tokens, lengths = runtime.to_device(
+        (source, target, batch["tokens"], batch["lengths"]), device
+    )
+    loss = state.step(source, target, tokens, lengths)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        last = "none yet" if state.iteration == 0 else "weights/last.pt is the last good checkpoint"
+        raise TrainingDiverged(
+            f"loss became {value} at iteration {state.iteration + 1}; stopping ({last}). "
+            "Try a lower train.lr or train.precision=fp32"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return value
+
+
+@dataclass
+class RunContext:
+    """Fixed facts of a run that the epoch loop needs."""
+
+    cfg: Config
+    prepared: PreparedData
+    run_dir: Path
+    device: torch.device
+    total: int
+    steps_per_epoch: int
+
+
+def train_one_epoch(state: TrainState, loader: DataLoader, ctx: RunContext, bar: Any) -> None:
+    """Train until the epoch's batches or the run's iterations run out."""
+    cfg = ctx.cfg
+    state.step.train()
+    window: list[float] = []
+    tick, pairs = time.perf_counter(), 0
+    for batch in loader:
+        value = optimise(state, batch, cfg, ctx.device)
+        window.append(value)
+        state.iteration += 1
+        pairs += len(batch["tokens"])
+        done = state.iteration >= ctx.total
+        if state.iteration % cfg.train.log_every == 0 or done:
+            images_per_s = 2 * pairs * runtime.world_size() / (time.perf_counter() - tick)
+            record(state, ctx, loss=sum(window) / len(window), images_per_s=images_per_s)
+            window, tick, pairs = [], time.perf_counter(), 0
+        bar.advance(1, loss=value, lr=state.optimizer.param_groups[-1]["lr"])
+        if cfg.train.eval_every and state.iteration % cfg.train.eval_every == 0 and not done:
+            validate(state, ctx)
+        if cfg.train.checkpoint_every and state.iteration % cfg.train.checkpoint_every == 0:
+            save_state(state, ctx, checkpoint_paths(ctx.run_dir)[0])
+        if done:
+            return
+
+
+def record(state: TrainState, ctx: RunContext, **values: float) -> None:
+    """Append a metrics row (rank 0 writes ``metrics.csv``)."""
+    row = {
+        "iteration": float(state.iteration),
+        "epoch": state.iteration / ctx.steps_per_epoch,
+        "lr": state.optimizer.param_groups[-1]["lr"],
+        **values,
+    }
+    state.history.append(row)
+    if runtime.is_main_process():
+        write_metrics_csv(ctx.run_dir / "metrics.csv", state.history, ctx.cfg.eval.ks)
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, float]], ks: list[int]) -> None:
+    """Rewrite ``metrics.csv`` atomically with a fixed header (empty cells where unknown)."""
+    header = ["iteration", "epoch", "loss", "lr", "images_per_s"] + [f"recall@{k}" for k in ks]
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(k, row[k]) for k in header if k in row})
+
+
+def _cell(key: str, value: float) -> str:
+    return str(int(value)) if key == "iteration" else f"{value:.6g}"
+
+
+def read_metrics_csv(path: Path, upto: int) -> list[dict[str, float]]:
+    """Rows of an earlier ``metrics.csv`` up to iteration ``upto`` (for resume)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = [
+            {k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(handle)
+        ]
+    return [r for r in rows if r.get("iteration", math.inf) <= upto]
+
+
+def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
+    """Run the test protocol (rank 0), log it, and keep ``best.pt`` by ``train.best_metric``."""
+    metrics: dict[str, float] = {}
+    if runtime.is_main_process():
+        result = evaluate_model(
+            state.model,
+            ctx.prepared,
+            ctx.cfg,
+            ctx.device,
+            max_queries=ctx.cfg.train.eval_max_queries,
+            features=state.features.get("test"),
+        )
+        metrics = result.metrics
+        record(state, ctx, **metrics)
+        if ctx.cfg.train.best_metric not in metrics:
+            raise StyleQueryError(
+                f"train.best_metric '{ctx.cfg.train.best_metric}' is not one of {sorted(metrics)}"
+            )
+        logger.info(
+            "iteration %d: %s",
+            state.iteration,
+            "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        )
+        value = metrics[ctx.cfg.train.best_metric]
+        if value > state.best_value:
+            state.best_value = value
+            save_state(state, ctx, checkpoint_paths(ctx.run_dir)[1], metrics)
+        plot_curves(state.history, ctx.run_dir / "curves.png")
+    runtime.barrier()
+    return metrics
+
+
+def save_state(
+    state: TrainState, ctx: RunContext, path: Path, metrics: dict[str, float] | None = None
+) -> str:
+    """Save a full checkpoint (weights + resume state) from rank 0."""
+    if not runtime.is_main_process():
+        return ""
+    training = {
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": rng_state(),
+        "best_value": state.best_value,
+    }
+    return save_checkpoint(
+        path,
+        model=state.model,
+        loss=state.loss_fn,
+        cfg=ctx.cfg,
+        vocab=list(ctx.prepared.vocab.tokens),
+        iteration=state.iteration,
+        training_state=training,
+        metrics=metrics,
+    )
+
+
+def restore_state(state: TrainState, path: Path, ctx: RunContext) -> None:
+    """Load ``last.pt`` into ``state`` for ``--resume``."""
+    payload = load_checkpoint(path, map_location=ctx.device)
+    if payload["vocab"] != list(ctx.prepared.vocab.tokens):
+        raise StyleQueryError(f"{path}: was trained on another prepared vocabulary; cannot resume")
+    state.model.load_state_dict(payload["model"])
+    state.loss_fn.load_state_dict(payload["loss"])
+    training = payload["training"]
+    state.optimizer.load_state_dict(training["optimizer"])
+    state.scheduler.load_state_dict(training["scheduler"])
+    state.scaler.load_state_dict(training["scaler"])
+    set_rng_state({k: _to_cpu(v) for k, v in training["rng"].items()})
+    state.iteration = int(payload["iteration"])
+    state.best_value = float(training["best_value"])
+    state.history = read_metrics_csv(ctx.run_dir / "metrics.csv", state.iteration)
+    logger.info("resumed %s at iteration %d", path, state.iteration)
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+@torch.no_grad()
+def cache_backbone_features(
+    model: StyleQueryModel, prepared: PreparedData, cfg: Config, device: torch.device, run_dir: Path
+) -> dict[str, torch.Tensor]:
+    """Backbone features of every train and test image, computed once and kept in the run
+    folder (``features/``), keyed by the backbone's fingerprint."""
+    key = fingerprint(dict(model.image_encoder.state_dict()))[:16]
+    features = {}
+    for split in ("train", cfg.eval.split):
+        path = run_dir / "features" / f"{split}_{cfg.data.image_size}_{key}.pt"
+        if path.is_file():
+            features[split] = torch.load(path, weights_only=True)
+            continue
+        if runtime.is_main_process():
+            features[split] = _backbone_features(model, prepared, split, cfg, device)
+            with atomic_file(path) as tmp:
+                torch.save(features[split], tmp)
+        runtime.barrier()
+        if split not in features:
+            features[split] = torch.load(path, weights_only=True)
+    return {k: v.to(device) for k, v in features.items()}
+
+
+def _backbone_features(
+    model: StyleQueryModel, prepared: PreparedData, split: str, cfg: Config, device: torch.device
+) -> torch.Tensor:
+    items = prepared.split(split)
+    cache = prepared.image_cache(split, cfg.data.image_size) if cfg.data.use_image_cache else None
+    loader = DataLoader(
+        ImageDataset(items, prepared.root, cfg.data.image_size, cache=cache),
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+    model.eval()
+    out = []
+    with progress_bar(f"cache {split} features", total=len(items), log_every=30) as bar:
+        for batch in loader:
+            images = batch["image"].to(device)
+            if cfg.train.channels_last and device.type != "mps":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast(device, cfg.train.precision):
+                out.append(model.image_features(images).float().cpu())  # (B, F)
+            bar.advance(len(images))
+    return torch.cat(out)
+
+
+def train(cfg: Config, run_dir: Path, device: torch.device, resume: bool = False) -> TrainResult:
+    """Train a model; write ``config.yaml``, ``metrics.csv``, ``curves.png`` and weights.
+
+    Args:
+        cfg: Resolved config.
+        run_dir: Run folder (created).
+        device: Where to train.
+        resume: Continue from ``run_dir/weights/last.pt``.
+    """
+    start = time.perf_counter()
+    runtime.check_precision(device, cfg.train.precision)
+    prepared = load_prepared(resolve_prepared_dir(cfg))
+    if runtime.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    dataset, sampler, loader = build_loaders(cfg, prepared, device)
+    state = build_state(cfg, len(prepared.vocab), device)
+    steps = sampler.num_batches
+    total = cfg.train.iterations or max(1, math.ceil(cfg.train.epochs * steps))
+    ctx = RunContext(cfg, prepared, run_dir, device, total, steps)
+    last, best = checkpoint_paths(run_dir)
+    if resume:
+        restore_state(state, last, ctx)
+    if cfg.model.freeze_image_encoder:
+        state.features = cache_backbone_features(state.model, prepared, cfg, device, run_dir)
+    logger.info(
+        "training %d iterations (%d per epoch, %d pairs) on %s into %s",
+        total,
+        steps,
+        len(dataset),
+        device,
+        run_dir,
+    )
+    with progress_bar("train", total=total, enabled=runtime.is_main_process()) as bar:
+        bar.completed = state.iteration
+        while state.iteration < total:
+            epoch = state.iteration // steps
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip_batches=state.iteration % steps)
+            train_one_epoch(state, loader, ctx, bar)
+    runtime.broadcast_buffers(state.model)  # each rank updated its own BatchNorm statistics
+    metrics = validate(state, ctx)
+    fp = save_state(state, ctx, last, metrics) or fingerprint(state.model.state_dict())
+    return TrainResult(
+        run_dir,
+        last,
+        best,
+        state.iteration,
+        state.best_value,
+        metrics,
+        fp,
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,113 @@
+"""The evaluation protocol on a tiny catalogue: determinism, outputs, query selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stylequery.checkpoint import save_checkpoint
+from stylequery.config import load_config
+from stylequery.data import PreparedData, caption_difference, load_prepared
+from stylequery.evaluate import evaluate, evaluate_model, select_queries
+from stylequery.loss import build_loss
+from stylequery.model import build_model
+
+CPU = torch.device("cpu")
+TINY = ["data.image_size=32", "model.embed_dim=16", "model.word_dim=16", "model.text_hidden=16",
+        "data.num_workers=0", "eval.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(None, [*TINY, f"data.prepared_dir={tiny_prepared}"])
+    vocab = list(load_prepared(tiny_prepared).vocab.tokens)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("eval") / "model.pt"
+    save_checkpoint(path, model=build_model(cfg.model, len(vocab)),
+                    loss=build_loss("batch_classification", 4.0), cfg=cfg, vocab=vocab, iteration=0)
+    return path
+
+
+def test_evaluate_is_deterministic_and_writes_metrics(checkpoint: Path, tmp_path: Path) -> None:
+    first = evaluate(checkpoint, CPU, out=tmp_path / "a.json", breakdown=True)
+    second = evaluate(checkpoint, CPU, out=tmp_path / "b.json", breakdown=True)
+    assert first.metrics == second.metrics
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert [k for k in data if k.startswith("recall@")] == [
+        "recall@1", "recall@5", "recall@10", "recall@50", "recall@100"]
+    assert data["num_queries"] == first.num_queries > 0
+    assert data["gallery_size"] == first.gallery_size
+    assert sum(first.breakdown_counts.values()) == first.num_queries
+    assert "black" in data["colour_words"]
+    for value in first.metrics.values():
+        assert 0.0 <= value <= 1.0
+    recalls = list(first.metrics.values())
+    assert recalls == sorted(recalls)  # recall@K never falls as K grows
+
+
+def test_gallery_is_the_whole_split(checkpoint: Path, tiny_prepared: Path) -> None:
+    result = evaluate(checkpoint, CPU)
+    prepared = load_prepared(tiny_prepared)
+    assert result.gallery_size == len(prepared.split("test"))
+    assert result.num_queries == len(prepared.queries)
+
+
+def test_train_split_and_query_cap(checkpoint: Path, tiny_prepared: Path) -> None:
+    result = evaluate(checkpoint, CPU, overrides=["eval.split=train", "eval.max_queries=5"])
+    assert result.split == "train" and result.num_queries == 5
+    assert result.gallery_size == len(load_prepared(tiny_prepared).split("train"))
+
+
+def test_select_queries_spreads_evenly() -> None:
+    queries = [(i, i + 1) for i in range(10)]
+    assert select_queries(queries, 0) == queries
+    assert select_queries(queries, 3) == [(0, 1), (4, 5), (9, 10)]
+
+
+def test_a_perfect_model_scores_full_recall(tiny_prepared: Path) -> None:
+    """An oracle whose query lands exactly on the target caption's images gets recall 1."""
+    prepared = load_prepared(tiny_prepared)
+    cfg = load_config(None, [*TINY, "eval.ks=[1,10]"])
+    oracle = _CaptionOracle(prepared)
+    result = evaluate_model(oracle, prepared, cfg, CPU, features=oracle.features)
+    assert result.metrics == {"recall@1": 1.0, "recall@10": 1.0}
+
+
+class _CaptionOracle(torch.nn.Module):
+    """Images embed as one-hot captions; a text embeds as the id of its (from, to) words, and
+    composing swaps that word in the image's caption."""
+
+    def __init__(self, prepared: PreparedData) -> None:
+        super().__init__()
+        items = prepared.split("test")
+        self.captions = sorted({it.caption for it in items})
+        ids = torch.tensor([self.captions.index(it.caption) for it in items])
+        self.features = torch.nn.functional.one_hot(ids, len(self.captions)).float()
+        self.changes: list[tuple[str, str]] = []
+        self.by_tokens: dict[tuple[int, ...], int] = {}
+        template = load_config().data.modification_template
+        for s, t in prepared.queries:
+            change = caption_difference(items[s].caption, items[t].caption)
+            tokens = tuple(prepared.vocab.encode(template.format(src=change[0], tgt=change[1])))
+            self.by_tokens.setdefault(tokens, len(self.changes))
+            if self.by_tokens[tokens] == len(self.changes):
+                self.changes.append(change)
+
+    def project_image(self, feats: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return feats
+
+    def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        keys = [tuple(row[: int(n)].tolist()) for row, n in zip(tokens, lengths)]
+        return torch.tensor([[float(self.by_tokens[k])] for k in keys])
+
+    def compose(self, image: torch.Tensor, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        out = torch.zeros_like(image)
+        for row, (img, txt) in enumerate(zip(image, text)):
+            words = self.captions[int(img.argmax())].split()
+            src, tgt = self.changes[int(txt[0])]
+            words[words.index(src)] = tgt
+            out[row, self.captions.index(" ".join(words))] = 1.0
+        return out
