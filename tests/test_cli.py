@@ -47,8 +47,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cat = work / "cat"
     _ok(["synth", str(cat), "--products", "40", "--image-size", "32", "--seed", "3"])
     _ok(["prepare", "--root", str(cat), "--image-cache", "32"])
-    _ok(["train", "--set", f"data.root={cat}", *TINY, "--out", str(work / "runs"),
-         "train.iterations=4", "train.name=tiny"])
+    _ok(
+        [
+            "train",
+            "--set",
+            f"data.root={cat}",
+            *TINY,
+            "--out",
+            str(work / "runs"),
+            "train.iterations=4",
+            "train.name=tiny",
+        ]
+    )
     return work
 
 
@@ -68,15 +78,47 @@ def test_evaluate_embed_query(workdir: Path, tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert {f"recall@{k}" for k in (1, 5, 10, 50, 100)} <= set(metrics)
     assert metrics["num_queries"] > 0 and metrics["gallery_size"] > 0
-    _ok(["embed", str(workdir / "cat" / "prepared" / "pants"), "--checkpoint", str(best),
-         "--device", "cpu", "--workers", "0"])
+    _ok(
+        [
+            "embed",
+            str(workdir / "cat" / "prepared" / "pants"),
+            "--checkpoint",
+            str(best),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+    )
     assert (run / "index" / "index.json").is_file()
     image = next((workdir / "cat" / "women").rglob("*.jpeg"))
     sheet = tmp_path / "results.png"
-    out = _ok(["query", str(image), "--change", "black:green", "--checkpoint", str(best),
-               "--k", "5", "--json", "--save", str(sheet), "--device", "cpu"])
+    out = _ok(
+        [
+            "query",
+            str(image),
+            "--change",
+            "black:green",
+            "--checkpoint",
+            str(best),
+            "--k",
+            "5",
+            "--json",
+            "--save",
+            str(sheet),
+            "--device",
+            "cpu",
+        ]
+    )
     data = json.loads(out)
-    assert set(data) == {"image", "texts", "source_caption", "target_caption", "warnings", "results"}
+    assert set(data) == {
+        "image",
+        "texts",
+        "source_caption",
+        "target_caption",
+        "warnings",
+        "results",
+    }
     assert data["texts"] == ["change black to green"]
     assert len(data["results"]) == 5
     assert set(data["results"][0]) == {"rank", "score", "path", "caption", "hit"}
@@ -91,8 +133,18 @@ def test_query_uses_the_newest_run_by_default(
 ) -> None:
     run = workdir / "runs" / "tiny"
     if not (run / "index" / "index.json").is_file():
-        _ok(["embed", str(workdir / "cat" / "prepared" / "pants"), "--checkpoint",
-             str(run / "weights" / "best.pt"), "--device", "cpu", "--workers", "0"])
+        _ok(
+            [
+                "embed",
+                str(workdir / "cat" / "prepared" / "pants"),
+                "--checkpoint",
+                str(run / "weights" / "best.pt"),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
+        )
     (workdir / "runs_home" / "runs").mkdir(parents=True, exist_ok=True)
     link = workdir / "runs_home" / "runs" / "train"
     if not link.exists():
@@ -115,20 +167,45 @@ def test_query_without_any_run_says_what_to_run(
 def test_bad_inputs_are_one_line_errors(workdir: Path, tmp_path: Path) -> None:
     best = str(workdir / "runs" / "tiny" / "weights" / "best.pt")
     image = str(next((workdir / "cat" / "women").rglob("*.jpeg")))
-    _fails(["query", str(tmp_path / "missing.jpeg"), "--change", "a:b", "--checkpoint", best],
-           "missing.jpeg")
+    _fails(
+        ["query", str(tmp_path / "missing.jpeg"), "--change", "a:b", "--checkpoint", best],
+        "missing.jpeg",
+    )
     _fails(["query", image, "--change", "black-green", "--checkpoint", best], "FROM:TO")
     corrupt = tmp_path / "corrupt.jpeg"
     corrupt.write_bytes(b"not a jpeg at all")
     index = workdir / "runs" / "tiny" / "index"
     if (index / "index.json").is_file():
-        _fails(["query", str(corrupt), "--change", "black:green", "--checkpoint", best,
-                "--device", "cpu"], "corrupt.jpeg")
+        _fails(
+            [
+                "query",
+                str(corrupt),
+                "--change",
+                "black:green",
+                "--checkpoint",
+                best,
+                "--device",
+                "cpu",
+            ],
+            "corrupt.jpeg",
+        )
     _fails(["prepare", "--root", str(tmp_path / "nowhere")], "labels")
     _fails(["train", "train.nonsense=1"], "train.nonsense")
     _fails(["evaluate", str(tmp_path / "nope.pt")], "nope.pt")
-    _fails(["train", "--set", f"data.root={workdir / 'cat'}", *TINY, "train.iterations=1",
-            "--device", "cuda:7"] if not _has_cuda() else ["train", "train.lr=abc"], "")
+    _fails(
+        [
+            "train",
+            "--set",
+            f"data.root={workdir / 'cat'}",
+            *TINY,
+            "train.iterations=1",
+            "--device",
+            "cuda:7",
+        ]
+        if not _has_cuda()
+        else ["train", "train.lr=abc"],
+        "",
+    )
 
 
 def _has_cuda() -> bool:

@@ -80,7 +80,7 @@ def test_bad_overrides_name_the_key(override: str, key: str) -> None:
 
 
 def test_override_syntax_error() -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_config(None, ["train.lr"])
 
 

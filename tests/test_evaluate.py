@@ -16,8 +16,14 @@ from stylequery.loss import build_loss
 from stylequery.model import build_model
 
 CPU = torch.device("cpu")
-TINY = ["data.image_size=32", "model.embed_dim=16", "model.word_dim=16", "model.text_hidden=16",
-        "data.num_workers=0", "eval.batch_size=16"]
+TINY = [
+    "data.image_size=32",
+    "model.embed_dim=16",
+    "model.word_dim=16",
+    "model.text_hidden=16",
+    "data.num_workers=0",
+    "eval.batch_size=16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +32,14 @@ def checkpoint(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) ->
     vocab = list(load_prepared(tiny_prepared).vocab.tokens)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("eval") / "model.pt"
-    save_checkpoint(path, model=build_model(cfg.model, len(vocab)),
-                    loss=build_loss("batch_classification", 4.0), cfg=cfg, vocab=vocab, iteration=0)
+    save_checkpoint(
+        path,
+        model=build_model(cfg.model, len(vocab)),
+        loss=build_loss("batch_classification", 4.0),
+        cfg=cfg,
+        vocab=vocab,
+        iteration=0,
+    )
     return path
 
 
@@ -37,7 +49,12 @@ def test_evaluate_is_deterministic_and_writes_metrics(checkpoint: Path, tmp_path
     assert first.metrics == second.metrics
     data = json.loads((tmp_path / "a.json").read_text())
     assert [k for k in data if k.startswith("recall@")] == [
-        "recall@1", "recall@5", "recall@10", "recall@50", "recall@100"]
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "recall@50",
+        "recall@100",
+    ]
     assert data["num_queries"] == first.num_queries > 0
     assert data["gallery_size"] == first.gallery_size
     assert sum(first.breakdown_counts.values()) == first.num_queries
@@ -100,12 +117,14 @@ class _CaptionOracle(torch.nn.Module):
         return feats
 
     def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        keys = [tuple(row[: int(n)].tolist()) for row, n in zip(tokens, lengths)]
+        keys = [tuple(row[: int(n)].tolist()) for row, n in zip(tokens, lengths, strict=True)]
         return torch.tensor([[float(self.by_tokens[k])] for k in keys])
 
-    def compose(self, image: torch.Tensor, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def compose(
+        self, image: torch.Tensor, text: torch.Tensor, normalize: bool = True
+    ) -> torch.Tensor:
         out = torch.zeros_like(image)
-        for row, (img, txt) in enumerate(zip(image, text)):
+        for row, (img, txt) in enumerate(zip(image, text, strict=True)):
             words = self.captions[int(img.argmax())].split()
             src, tgt = self.changes[int(txt[0])]
             words[words.index(src)] = tgt

@@ -28,14 +28,28 @@ def checkpoint(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """An untrained tiny model saved as a checkpoint over the tiny catalogue's vocabulary."""
     from stylequery.data import load_prepared
 
-    cfg = load_config(None, ["data.image_size=32", "model.embed_dim=16", "model.word_dim=16",
-                             "model.text_hidden=16", "data.num_workers=0"])
+    cfg = load_config(
+        None,
+        [
+            "data.image_size=32",
+            "model.embed_dim=16",
+            "model.word_dim=16",
+            "model.text_hidden=16",
+            "data.num_workers=0",
+        ],
+    )
     vocab = list(load_prepared(tiny_prepared).vocab.tokens)
     torch.manual_seed(0)
     model = build_model(cfg.model, len(vocab))
     path = tmp_path_factory.mktemp("ckpt") / "weights" / "best.pt"
-    save_checkpoint(path, model=model, loss=build_loss("batch_classification", 4.0), cfg=cfg,
-                    vocab=vocab, iteration=0)
+    save_checkpoint(
+        path,
+        model=model,
+        loss=build_loss("batch_classification", 4.0),
+        cfg=cfg,
+        vocab=vocab,
+        iteration=0,
+    )
     return path
 
 
@@ -73,7 +87,9 @@ def test_query_scores_equal_brute_force_cosine(checkpoint: Path, index_dir: Path
     assert scores[0] == pytest.approx(float(cosine[others].max()), abs=1e-5)
 
 
-def test_hits_are_marked_when_the_source_caption_is_known(checkpoint: Path, index_dir: Path) -> None:
+def test_hits_are_marked_when_the_source_caption_is_known(
+    checkpoint: Path, index_dir: Path
+) -> None:
     index = EmbeddingIndex.load(index_dir)
     engine = QueryEngine(checkpoint, index_dir, CPU)
     i = next(i for i, c in enumerate(index.captions) if c and "black" in c.split())
@@ -82,9 +98,14 @@ def test_hits_are_marked_when_the_source_caption_is_known(checkpoint: Path, inde
     assert all(h.hit == (h.caption == result.target_caption) for h in result.hits)
 
 
-def test_append_adds_without_reencoding(checkpoint: Path, tiny_prepared: Path, tmp_path: Path) -> None:
-    full = EmbeddingIndex.load(checkpoint.parent.parent / "index") if (
-        checkpoint.parent.parent / "index" / "index.json").is_file() else None
+def test_append_adds_without_reencoding(
+    checkpoint: Path, tiny_prepared: Path, tmp_path: Path
+) -> None:
+    full = (
+        EmbeddingIndex.load(checkpoint.parent.parent / "index")
+        if (checkpoint.parent.parent / "index" / "index.json").is_file()
+        else None
+    )
     folder = tmp_path / "imgs"
     images = sorted((tiny_prepared.parent.parent / "women").rglob("*.jpeg"))[:10]
     for n, src in enumerate(images):
@@ -117,13 +138,21 @@ def test_index_from_another_checkpoint_is_refused(
     checkpoint: Path, index_dir: Path, tmp_path: Path
 ) -> None:
     payload = torch.load(checkpoint, weights_only=True)
-    cfg = load_config(None, ["data.image_size=32", "model.embed_dim=16", "model.word_dim=16",
-                             "model.text_hidden=16"])
+    cfg = load_config(
+        None,
+        ["data.image_size=32", "model.embed_dim=16", "model.word_dim=16", "model.text_hidden=16"],
+    )
     torch.manual_seed(1)
     other = build_model(cfg.model, len(payload["vocab"]))
     other_path = tmp_path / "other.pt"
-    save_checkpoint(other_path, model=other, loss=build_loss("batch_classification", 4.0),
-                    cfg=cfg, vocab=payload["vocab"], iteration=0)
+    save_checkpoint(
+        other_path,
+        model=other,
+        loss=build_loss("batch_classification", 4.0),
+        cfg=cfg,
+        vocab=payload["vocab"],
+        iteration=0,
+    )
     with pytest.raises(IndexMismatchError, match="embed"):
         QueryEngine(other_path, index_dir, CPU)
 
@@ -149,4 +178,3 @@ def test_several_changes_apply_in_order(checkpoint: Path, index_dir: Path) -> No
         "green wide pants"
     )
     assert apply_changes("black skinny pants", [("blue", "green")]) is None
-

@@ -169,8 +169,8 @@ def test_recall_by_group() -> None:
     groups = ["colour", "other", "colour", "other"]
     result = recall_by_group(ranks, groups, [1, 5])
     assert list(result) == ["colour", "other"]
-    assert result["colour"] == {"count": 2, "recall@1": 0.5, "recall@5": 0.5}
-    assert result["other"] == {"count": 2, "recall@1": 0.5, "recall@5": 1.0}
+    assert result["colour"] == {"recall@1": 0.5, "recall@5": 0.5}
+    assert result["other"] == {"recall@1": 0.5, "recall@5": 1.0}
 
 
 def test_caption_labels() -> None:

@@ -46,13 +46,16 @@ def test_run_folder_holds_config_metrics_curves_and_weights(
     assert best["metrics"]["recall@10"] == pytest.approx(result.best_value)
 
 
-def test_checkpoint_round_trip_gives_identical_embeddings(tiny_config: Config, tmp_path: Path) -> None:
+def test_checkpoint_round_trip_gives_identical_embeddings(
+    tiny_config: Config, tmp_path: Path
+) -> None:
     torch.manual_seed(0)
     model = build_model(tiny_config.model, vocab_size=30).eval()
     loss = build_loss(tiny_config.train.loss, tiny_config.train.loss_scale)
     path = tmp_path / "m.pt"
-    fp = save_checkpoint(path, model=model, loss=loss, cfg=tiny_config, vocab=["<UNK>"] * 30,
-                         iteration=7)
+    fp = save_checkpoint(
+        path, model=model, loss=loss, cfg=tiny_config, vocab=["<UNK>"] * 30, iteration=7
+    )
     loaded = load_model(path, CPU)
     assert loaded.fingerprint == fp == fingerprint(model.state_dict())
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
@@ -64,8 +67,13 @@ def test_checkpoint_round_trip_gives_identical_embeddings(tiny_config: Config, t
 
 
 def test_resume_reaches_the_same_weights(tiny_config: Config, tmp_path: Path) -> None:
-    cfg = _with(tiny_config, "train.iterations=6", "train.eval_every=0", "train.checkpoint_every=0",
-                "train.log_every=1")
+    cfg = _with(
+        tiny_config,
+        "train.iterations=6",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.log_every=1",
+    )
     straight = train(cfg, tmp_path / "straight", CPU)
     half = _with(cfg, "train.iterations=3")
     train(half, tmp_path / "resumed", CPU)
@@ -111,8 +119,14 @@ def test_frozen_image_encoder_trains_only_the_rest(tiny_config: Config, tmp_path
     runtime.seed_everything(cfg.train.seed)
     initial = build_model(cfg.model, len(load_checkpoint(result.last)["vocab"])).state_dict()
     trained = load_checkpoint(result.last)["model"]
-    backbone = [k for k in initial if k.startswith("image_encoder.") and ".fc" not in k
-                and "proj" not in k and "num_batches" not in k]
+    backbone = [
+        k
+        for k in initial
+        if k.startswith("image_encoder.")
+        and ".fc" not in k
+        and "proj" not in k
+        and "num_batches" not in k
+    ]
     assert backbone
     for name in backbone:
         torch.testing.assert_close(trained[name], initial[name], msg=name)
@@ -130,8 +144,13 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world: int, port: int, cfg: Config, run_dir: Path, out: Path) -> None:
     import os
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     runtime.init_distributed(CPU)
     try:

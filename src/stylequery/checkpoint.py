@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pickle
 import torch
 from torch import nn
 
@@ -23,6 +23,9 @@ from stylequery import __version__
 from stylequery.config import Config, config_from_dict, config_to_dict
 from stylequery.errors import CheckpointError
 from stylequery.fileio import atomic_file
+
+if TYPE_CHECKING:
+    from stylequery.model import StyleQueryModel
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +38,21 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
     return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as tensors and primitives (weights_only-safe)."""
     version, internal, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [
             np_name,
-            torch.from_numpy(np_keys.astype(np.int64)),
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
             np_pos,
             np_has_gauss,
             np_gauss,
@@ -131,7 +136,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 class LoadedModel:
     """A model rebuilt from a checkpoint, ready for inference."""
 
-    model: nn.Module
+    model: StyleQueryModel
     cfg: Config
     vocab: list[str]
     fingerprint: str

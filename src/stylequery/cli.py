@@ -208,8 +208,8 @@ def evaluate(
     """Recall@K of a checkpoint under the reference test protocol."""
     from stylequery.evaluate import COLOUR_WORDS
     from stylequery.evaluate import evaluate as run_eval
-    from stylequery.runtime import resolve_device
     from stylequery.runs import default_index_dir
+    from stylequery.runtime import resolve_device
 
     run = default_index_dir(checkpoint)
     out = out or (run.parent / "metrics.json" if run else checkpoint.with_suffix(".metrics.json"))
@@ -319,7 +319,8 @@ def query(
     index = index or default_index_dir(checkpoint)
     if index is None or not (index / "index.json").is_file():
         raise StyleQueryError(
-            f"no index at {index}: run `stylequery embed PREPARED_DIR --checkpoint {checkpoint}` first"
+            f"no index at {index}: run "
+            f"`stylequery embed PREPARED_DIR --checkpoint {checkpoint}` first"
         )
     engine = QueryEngine(checkpoint, index, resolve_device(device))
     result = engine.query(image, changes, text, k)

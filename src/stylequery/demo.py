@@ -25,7 +25,7 @@ from stylequery.viz import SheetItem, contact_sheet
 
 logger = logging.getLogger(__name__)
 
-DEMO_PRODUCTS = 1500  # catalogue size: enough families for real queries, quick to draw
+DEMO_PRODUCTS = 4000  # catalogue size: about 8,000 images, a real gallery, quick to draw
 DEMO_IMAGE_SIZE = 96  # synthetic JPEG side; training reads the 64 px cache of cpu.yaml
 
 

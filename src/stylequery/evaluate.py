@@ -31,6 +31,7 @@ from stylequery.data import (
 from stylequery.errors import DataError
 from stylequery.fileio import write_json
 from stylequery.metrics import first_hit_rank, recall_at_k, recall_by_group
+from stylequery.model import StyleQueryModel
 from stylequery.progress import progress_bar
 from stylequery.runtime import autocast
 from stylequery.vocab import Vocab, pad_batch
@@ -40,9 +41,47 @@ logger = logging.getLogger(__name__)
 # Words counted as colours by ``--breakdown``; a query whose changed word pair are both in this
 # list is a "colour" query, every other query is "other".
 COLOUR_WORDS = frozenset(
-    "black white blue navy green red grey gray beige brown pink purple yellow orange khaki "
-    "olive burgundy cream ivory tan camel charcoal maroon teal coral turquoise mint lilac "
-    "lavender gold silver nude indigo denim multicolor multicolour rust mustard wine".split()
+    [
+        "black",
+        "white",
+        "blue",
+        "navy",
+        "green",
+        "red",
+        "grey",
+        "gray",
+        "beige",
+        "brown",
+        "pink",
+        "purple",
+        "yellow",
+        "orange",
+        "khaki",
+        "olive",
+        "burgundy",
+        "cream",
+        "ivory",
+        "tan",
+        "camel",
+        "charcoal",
+        "maroon",
+        "teal",
+        "coral",
+        "turquoise",
+        "mint",
+        "lilac",
+        "lavender",
+        "gold",
+        "silver",
+        "nude",
+        "indigo",
+        "denim",
+        "multicolor",
+        "multicolour",
+        "rust",
+        "mustard",
+        "wine",
+    ]
 )
 
 
@@ -69,7 +108,7 @@ class EvalResult:
 
 @torch.no_grad()
 def encode_split_images(
-    model: torch.nn.Module,
+    model: StyleQueryModel,
     prepared: PreparedData,
     split: str,
     cfg: Config,
@@ -107,7 +146,7 @@ def encode_split_images(
 
 @torch.no_grad()
 def encode_texts(
-    model: torch.nn.Module, vocab: Vocab, texts: list[str], device: torch.device, batch_size: int
+    model: StyleQueryModel, vocab: Vocab, texts: list[str], device: torch.device, batch_size: int
 ) -> torch.Tensor:
     """Text embeddings of ``texts``: (T, D) float32, in order."""
     out = []
@@ -134,7 +173,7 @@ def split_queries(prepared: PreparedData, split: str, seed: int) -> list[tuple[i
 
 @torch.no_grad()
 def evaluate_model(
-    model: torch.nn.Module,
+    model: StyleQueryModel,
     prepared: PreparedData,
     cfg: Config,
     device: torch.device,
@@ -182,7 +221,7 @@ def evaluate_model(
 
 
 def compose_queries(
-    model: torch.nn.Module,
+    model: StyleQueryModel,
     raw_images: torch.Tensor,
     text_emb: torch.Tensor,
     source: torch.Tensor,
@@ -206,7 +245,7 @@ def _change_group(source_caption: str, target_caption: str) -> str:
 def evaluate(
     checkpoint_path: Path,
     device: torch.device,
-    config_path: Path | None = None,
+    config_path: str | Path | None = None,
     overrides: list[str] | None = None,
     prepared_dir: Path | None = None,
     out: Path | None = None,

@@ -9,9 +9,9 @@ times, free-form ``meta``). Paths are unique: build and append reject duplicates
 Search walks the gallery in chunks, so a memory-mapped gallery larger than RAM can be searched,
 keeping a running top-k. Results are ordered by descending score, ties by the lower gallery
 row, exactly, also where ties straddle a chunk's or the final top-k's cut. Float32 rows are
-scored with numpy's BLAS (twice as fast as torch's MKL gemv on AMD CPUs) and ranked with numpy,
-so search never mixes two thread pools; float16 rows with torch's float16 matmul, which
-accumulates in float32 but rounds scores to float16 precision.
+scored with numpy's BLAS (on the 2-core AMD EPYC it was measured on, twice as fast as torch's
+MKL gemv) and ranked with numpy, so search never mixes two thread pools; float16 rows with
+torch's float16 matmul, which accumulates in float32 but rounds scores to float16 precision.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,7 +127,7 @@ class EmbeddingIndex:
             raise IndexMismatchError(
                 f"new embeddings have dim {extra.dim}, but index {self._name} has dim {self.dim}"
             )
-        _check_unique(extra.paths, set(self._path_rows()))
+        _check_unique(extra.paths, self._path_rows())
         return EmbeddingIndex(
             np.concatenate([np.asarray(self.embeddings), extra.embeddings]),
             self.paths + extra.paths,
@@ -243,14 +243,14 @@ class EmbeddingIndex:
 
         Args:
             queries: (Q, D) L2-normalised query embeddings (any float dtype or device).
-            k: results per query; clipped to the gallery size.
+            k: results per query; clipped to the number of candidates: the gallery size, less
+                one when ``exclude`` leaves a row out for some query (so no slot is ever empty).
             exclude: (Q,) gallery row to leave out per query (its own image), ``-1`` for none.
             chunk_size: gallery rows scored at once; bounds memory to ~chunk_size x Q floats.
 
         Returns:
             ``(scores (Q, k) float32, ids (Q, k) int64)`` ordered by descending score, ties by
-            lower id. A slot left empty because ``exclude`` removed a row (only when ``k``
-            reaches the gallery size) holds id ``-1`` and score ``-inf``.
+            lower id.
 
         Raises:
             IndexMismatchError: when the query dim differs from the index dim.
@@ -262,7 +262,7 @@ class EmbeddingIndex:
         if k < 1 or chunk_size < 1:
             raise ValueError(f"k and chunk_size must be positive, got k={k}, chunk={chunk_size}")
         skip = _check_exclude(exclude, Q, N)
-        k = min(k, N)
+        k = min(k, N - int(skip is not None and bool((skip >= 0).any())))
         best_scores = np.empty((Q, 0), np.float32)
         best_ids = np.empty((Q, 0), np.int64)
         for start in range(0, N, chunk_size):
@@ -275,8 +275,6 @@ class EmbeddingIndex:
                 np.concatenate([best_ids, top_cols + start], axis=1),
             )
             best_scores, best_ids = best_scores[:, :k], best_ids[:, :k]
-        if skip is not None:
-            best_ids[best_ids == skip[:, None]] = -1
         return best_scores, best_ids
 
     def _check_queries(self, queries: np.ndarray | Tensor) -> np.ndarray:
@@ -351,7 +349,7 @@ def _sort_exact(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def _check_unique(paths: list[str], existing: set[str]) -> None:
+def _check_unique(paths: list[str], existing: Container[str]) -> None:
     repeated = [p for p in paths if p in existing] + [p for p, n in Counter(paths).items() if n > 1]
     if repeated:
         raise DataError(

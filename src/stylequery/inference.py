@@ -248,7 +248,9 @@ class QueryEngine:
         source_caption = self.index.captions[own] if own >= 0 else None
         target = apply_changes(source_caption, changes) if source_caption and not text else None
         hits = []
-        for rank, (score, i) in enumerate(zip(scores[0].tolist(), ids[0].tolist()), start=1):
+        for rank, (score, i) in enumerate(
+            zip(scores[0].tolist(), ids[0].tolist(), strict=True), start=1
+        ):
             caption = self.index.captions[i]
             hit = None if target is None or caption is None else caption == target
             hits.append(QueryHit(rank, float(score), self.index.paths[i], caption, hit))

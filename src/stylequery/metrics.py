@@ -205,8 +205,8 @@ def recall_by_group(
         ks: cut-offs.
 
     Returns:
-        ``{group: {"count": n, "recall@1": ..., ...}}`` with groups in sorted order; groups
-        with no queries do not appear.
+        ``{group: {"recall@1": ..., ...}}`` (the shape of :func:`recall_at_k`) with groups in
+        sorted order; groups with no queries do not appear.
     """
     ranks = torch.as_tensor(ranks).reshape(-1)
     if len(groups) != ranks.numel():
@@ -214,7 +214,7 @@ def recall_by_group(
     result: dict[str, dict[str, float]] = {}
     for name in sorted(set(groups)):
         members = torch.tensor([g == name for g in groups], dtype=torch.bool)
-        result[name] = {"count": int(members.sum()), **recall_at_k(ranks[members], ks)}
+        result[name] = recall_at_k(ranks[members], ks)
     return result
 
 

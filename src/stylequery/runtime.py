@@ -27,12 +27,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise StyleQueryError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps") from None
+        raise StyleQueryError(
+            f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StyleQueryError(f"device '{name}' asked for, but CUDA is not available here")
-    if device.type == "cuda" and device.index is not None:
-        if device.index >= torch.cuda.device_count():
-            raise StyleQueryError(f"device '{name}': only {torch.cuda.device_count()} GPU(s) here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise StyleQueryError(f"device '{name}': only {torch.cuda.device_count()} GPU(s) here")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise StyleQueryError(f"device '{name}' asked for, but MPS is not available here")
     return device

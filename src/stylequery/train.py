@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from stylequery import runtime
 from stylequery.checkpoint import (
     fingerprint,
     load_checkpoint,
@@ -39,7 +40,6 @@ from stylequery.fileio import atomic_file
 from stylequery.loss import build_loss, gather_with_grad
 from stylequery.model import StyleQueryModel, build_model
 from stylequery.progress import progress_bar
-from stylequery import runtime
 from stylequery.runs import checkpoint_paths
 from stylequery.viz import plot_curves
 
@@ -188,9 +188,7 @@ def build_state(cfg: Config, vocab_size: int, device: torch.device) -> TrainStat
     runtime.seed_everything(cfg.train.seed)
     model = build_model(cfg.model, vocab_size).to(device)
     if cfg.train.channels_last and device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if cfg.model.freeze_image_encoder:
-        model.freeze_image_backbone()
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.train.loss, cfg.train.loss_scale).to(device)
     mult = cfg.train.backbone_lr_mult if cfg.model.pretrained != "none" else 1.0
     trainable = lambda params: [p for p in params if p.requires_grad]  # noqa: E731
