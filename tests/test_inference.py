@@ -78,7 +78,7 @@ def test_query_scores_equal_brute_force_cosine(checkpoint: Path, index_dir: Path
         image = load_image(image_path, loaded.cfg.data.image_size)[None]
         tokens, lengths = pad_batch([vocab.encode("change black to green")])
         query = loaded.model.encode_query(image, tokens, lengths)  # (1, D)
-        gallery = F.normalize(torch.from_numpy(np.asarray(index.embeddings, np.float32)), dim=-1)
+        gallery = F.normalize(torch.from_numpy(np.array(index.embeddings, np.float32)), dim=-1)
     cosine = (query @ gallery.T)[0]
     for hit in result.hits:
         expected = float(cosine[index.paths.index(hit.path)])

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from stylequery.metrics import (
-    caption_labels,
     first_hit_rank,
     recall_at_k,
     recall_by_group,
@@ -171,10 +170,3 @@ def test_recall_by_group() -> None:
     assert list(result) == ["colour", "other"]
     assert result["colour"] == {"recall@1": 0.5, "recall@5": 0.5}
     assert result["other"] == {"recall@1": 0.5, "recall@5": 1.0}
-
-
-def test_caption_labels() -> None:
-    gallery, target = caption_labels(["red dress", None, "blue dress"], ["blue dress", None, "x"])
-    assert gallery[2] == target[0]
-    assert gallery[1] == -1 and target[1] == -2
-    assert target[2] not in gallery.tolist()

@@ -4,8 +4,8 @@ Ranking order everywhere: descending score, ties broken by the lower gallery ind
 *rank* is the 0-based position of its first hit (a gallery item whose label equals the query's
 target label) in that order; recall@k is the fraction of queries whose rank is below ``k``.
 
-Labels are integers; :func:`caption_labels` turns gallery and target captions into labels so
-that "a hit is any gallery image whose caption equals the target caption".
+Labels are integers, equal exactly when captions are equal (see ``data.caption_labels``), so a
+hit is any gallery image whose caption equals the target caption.
 """
 
 from __future__ import annotations
@@ -216,20 +216,3 @@ def recall_by_group(
         members = torch.tensor([g == name for g in groups], dtype=torch.bool)
         result[name] = recall_at_k(ranks[members], ks)
     return result
-
-
-def caption_labels(
-    gallery_captions: Sequence[str | None], target_captions: Sequence[str | None]
-) -> tuple[Tensor, Tensor]:
-    """Integer labels such that a target label equals a gallery label iff the captions match.
-
-    A ``None`` caption matches nothing: it gets label ``-1`` in the gallery and ``-2`` as a
-    target. Captions are compared as given (normalise them first).
-
-    Returns:
-        ``(gallery_labels (N,), target_labels (Q,))``, both int64.
-    """
-    ids: dict[str, int] = {}
-    gallery = [-1 if c is None else ids.setdefault(c, len(ids)) for c in gallery_captions]
-    target = [-2 if c is None else ids.setdefault(c, len(ids)) for c in target_captions]
-    return torch.tensor(gallery, dtype=torch.long), torch.tensor(target, dtype=torch.long)
