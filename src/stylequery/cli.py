@@ -175,7 +175,13 @@ def train(
     else:
         cfg = _config(config, set_, overrides)
         run_dir = new_run_dir(out, cfg.train.name)
-    result = train_model(cfg, run_dir, dev, resume=resume is not None)
+    try:
+        result = train_model(cfg, run_dir, dev, resume=resume is not None)
+    finally:
+        if runtime.is_distributed():
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
     if runtime.is_main_process():
         rows = [
             ("run", str(result.run_dir)),

@@ -97,6 +97,13 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
+def is_distributed() -> bool:
+    """True inside an initialised process group (torchrun), even with a single process."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def rank() -> int:
     import torch.distributed as dist
 

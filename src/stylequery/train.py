@@ -213,7 +213,7 @@ def build_state(cfg: Config, vocab_size: int, device: torch.device) -> TrainStat
     )
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
     step: nn.Module = TrainingStep(model, loss_fn, cfg, device)
-    if runtime.world_size() > 1:
+    if runtime.is_distributed():
         step = nn.parallel.DistributedDataParallel(
             step, device_ids=[device.index] if device.type == "cuda" else None
         )
