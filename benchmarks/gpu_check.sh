@@ -52,7 +52,7 @@ BEST="$WORK/runs/tirg-bf16/weights/best.pt"
 step "evaluate, embed, query on $DEVICE"
 sq evaluate "$BEST" --device "$DEVICE" --breakdown --out "$OUT/metrics-tirg-bf16.json"
 sq embed "$WORK/cat/prepared/pants" --checkpoint "$BEST" --device "$DEVICE" --workers 6
-IMG=$(find "$WORK/cat/women" -name '*.jpeg' | sort | head -1)
+IMG=$(find "$WORK/cat/women" -name '*.jpeg' | sort | sed -n 1p)
 sq query "$IMG" --change black:green --checkpoint "$BEST" --device "$DEVICE" --k 10 \
   --save "$OUT/gpu-results.png"
 cp "$WORK/runs/tirg-bf16/curves.png" "$OUT/gpu-curves.png"

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stylequery.config import Config, load_config
@@ -342,22 +343,26 @@ def query(
         console.print(f"wrote {save}")
 
 
-def _print_hits(result: Any) -> None:
-    title = f"{result.image}  +  {' ; '.join(result.texts)}"
+def _print_hits(result: Any, limit: int | None = None) -> None:
+    title = f"{_short(result.image)}  +  {' ; '.join(result.texts)}"
     if result.target_caption:
-        title += f"\ntarget: {result.target_caption}"
+        title += f"\ntarget caption: {result.target_caption}"
     table = Table(title=title, title_justify="left")
-    for name, justify in (
-        ("rank", "right"),
-        ("score", "right"),
-        ("path", "left"),
-        ("caption", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for hit in result.hits:
-        mark = {True: "[green]", False: "", None: ""}[hit.hit]
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", hit.path, f"{mark}{hit.caption or ''}")
+    for name in ("rank", "score", "hit", "caption", "path"):
+        table.add_column(name, justify="right" if name in ("rank", "score") else "left")
+    for hit in result.hits[:limit]:
+        mark = {True: "[green]yes[/green]", False: "no", None: ""}[hit.hit]
+        caption = escape(hit.caption or "")
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", mark, caption, escape(_short(hit.path)))
     console.print(table)
+
+
+def _short(path: str | Path) -> str:
+    """A path relative to the working folder when it is below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _save_sheet(result: Any, out: Path) -> None:
@@ -383,10 +388,11 @@ def demo(
     from stylequery.runtime import resolve_device
 
     summary = run_demo(out, resolve_device(device), fresh=fresh, console=console)
+    _print_hits(summary.answer, limit=5)
     _print_rows("demo finished", summary.rows())
     console.print("go on by hand:", style="bold")
     for line in summary.next_commands():
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

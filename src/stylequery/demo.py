@@ -43,6 +43,7 @@ class DemoSummary:
     query_image: Path
     change: tuple[str, str]
     metrics: dict[str, float]
+    answer: QueryResult
     seconds: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
@@ -55,7 +56,7 @@ class DemoSummary:
             ("contact sheet", str(self.sheet)),
             ("metrics", str(self.run_dir / "metrics.json")),
             ("curves", str(self.run_dir / "curves.png")),
-            ("minutes", f"{sum(self.seconds.values()) / 60:.1f}"),
+            ("minutes this run", f"{sum(self.seconds.values()) / 60:.1f}"),
         ]
         return rows
 
@@ -63,7 +64,7 @@ class DemoSummary:
         src, tgt = self.change
         return [
             f"stylequery evaluate {self.checkpoint} --breakdown",
-            f"stylequery query {self.query_image} --change {src}:{tgt} "
+            f"stylequery query {_relative(self.query_image)} --change {src}:{tgt} "
             f"--checkpoint {self.checkpoint} --index {self.index} --save results.png",
             f"stylequery train --config cpu.yaml --set data.root={self.catalogue} "
             "--set model.composer=concat",
@@ -114,6 +115,7 @@ def run_demo(
         image,
         change,
         result.metrics,
+        answer,
         timings,
     )
 
@@ -135,6 +137,13 @@ def _query(
     image = prepared.root / items[source].path
     engine = QueryEngine(checkpoint, index, device)
     return image, change, engine.query(image, [change], k=10)
+
+
+def _relative(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 class _timed:
