@@ -208,6 +208,54 @@ def test_bad_inputs_are_one_line_errors(workdir: Path, tmp_path: Path) -> None:
     )
 
 
+def test_index_from_another_checkpoint_is_a_one_line_error(workdir: Path) -> None:
+    run = workdir / "runs" / "tiny"
+    index = run / "index"
+    if not (index / "index.json").is_file():
+        _ok(
+            [
+                "embed",
+                str(workdir / "cat" / "prepared" / "pants"),
+                "--checkpoint",
+                str(run / "weights" / "best.pt"),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
+        )
+    _ok(
+        [
+            "train",
+            "--set",
+            f"data.root={workdir / 'cat'}",
+            *TINY,
+            "--out",
+            str(workdir / "runs"),
+            "train.iterations=1",
+            "train.name=other",
+            "train.seed=5",
+        ]
+    )
+    image = str(next((workdir / "cat" / "women").rglob("*.jpeg")))
+    other = str(workdir / "runs" / "other" / "weights" / "best.pt")
+    _fails(
+        [
+            "query",
+            image,
+            "--change",
+            "black:green",
+            "--checkpoint",
+            other,
+            "--index",
+            str(index),
+            "--device",
+            "cpu",
+        ],
+        "stylequery embed",
+    )
+
+
 def _has_cuda() -> bool:
     import torch
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from stylequery.checkpoint import load_model
-from stylequery.config import Config, load_config, replace
+from stylequery.config import Config, config_to_dict, load_config, replace
 from stylequery.data import (
     ImageDataset,
     PreparedData,
@@ -273,7 +273,11 @@ def evaluate(
     )
     if out is not None:
         data = result.to_json()
-        data.update(checkpoint=str(checkpoint_path), fingerprint=loaded.fingerprint)
+        data.update(
+            checkpoint=str(checkpoint_path),
+            fingerprint=loaded.fingerprint,
+            config=config_to_dict(cfg),
+        )
         write_json(out, data)
     return result
 

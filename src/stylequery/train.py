@@ -275,6 +275,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, ctx: RunContext, bar:
             images_per_s = 2 * pairs * runtime.world_size() / (time.perf_counter() - tick)
             record(state, ctx, loss=sum(window) / len(window), images_per_s=images_per_s)
             window, tick, pairs = [], time.perf_counter(), 0
+            bar.set(img_s=f"{images_per_s:.0f}")
         bar.advance(1, loss=value, lr=state.optimizer.param_groups[-1]["lr"])
         if cfg.train.eval_every and state.iteration % cfg.train.eval_every == 0 and not done:
             validate(state, ctx)
