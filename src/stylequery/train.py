@@ -421,7 +421,7 @@ def cache_backbone_features(
             features[split] = torch.load(path, weights_only=True)
             continue
         if runtime.is_main_process():
-            features[split] = _backbone_features(model, prepared, split, cfg, device)
+            features[split] = backbone_features(model, prepared, split, cfg, device)
             with atomic_file(path) as tmp:
                 torch.save(features[split], tmp)
         runtime.barrier()
@@ -430,9 +430,10 @@ def cache_backbone_features(
     return {k: v.to(device) for k, v in features.items()}
 
 
-def _backbone_features(
+def backbone_features(
     model: StyleQueryModel, prepared: PreparedData, split: str, cfg: Config, device: torch.device
 ) -> torch.Tensor:
+    """Backbone features (N, F) of every image of a split, in eval mode, on the CPU."""
     items = prepared.split(split)
     cache = prepared.image_cache(split, cfg.data.image_size) if cfg.data.use_image_cache else None
     loader = DataLoader(
