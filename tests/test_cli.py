@@ -131,20 +131,7 @@ def test_evaluate_embed_query(workdir: Path, tmp_path: Path) -> None:
 def test_query_uses_the_newest_run_by_default(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = workdir / "runs" / "tiny"
-    if not (run / "index" / "index.json").is_file():
-        _ok(
-            [
-                "embed",
-                str(workdir / "cat" / "prepared" / "pants"),
-                "--checkpoint",
-                str(run / "weights" / "best.pt"),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
-        )
+    _ensure_index(workdir)
     (workdir / "runs_home" / "runs").mkdir(parents=True, exist_ok=True)
     link = workdir / "runs_home" / "runs" / "train"
     if not link.exists():
@@ -211,19 +198,7 @@ def test_bad_inputs_are_one_line_errors(workdir: Path, tmp_path: Path) -> None:
 def test_index_from_another_checkpoint_is_a_one_line_error(workdir: Path) -> None:
     run = workdir / "runs" / "tiny"
     index = run / "index"
-    if not (index / "index.json").is_file():
-        _ok(
-            [
-                "embed",
-                str(workdir / "cat" / "prepared" / "pants"),
-                "--checkpoint",
-                str(run / "weights" / "best.pt"),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]
-        )
+    _ensure_index(workdir)
     _ok(
         [
             "train",
@@ -254,6 +229,23 @@ def test_index_from_another_checkpoint_is_a_one_line_error(workdir: Path) -> Non
         ],
         "stylequery embed",
     )
+
+
+def _ensure_index(workdir: Path) -> None:
+    """Embed the tiny run's test split once (tests may run in any order)."""
+    run = workdir / "runs" / "tiny"
+    if not (run / "index" / "index.json").is_file():
+        embed = [
+            "embed",
+            str(workdir / "cat" / "prepared" / "pants"),
+            "--checkpoint",
+            str(run / "weights" / "best.pt"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+        _ok(embed)
 
 
 def _has_cuda() -> bool:
