@@ -1,112 +1,137 @@
-"""Embedding speed: ``embed`` on a folder of JPEGs against the forward pass alone.
+"""Embedding speed: stylequery.inference.embed on a folder of JPEGs against the forward alone.
 
-The forward pass runs on uint8 tensors already in memory, so the ratio of the two shows what
-decoding, resizing and the pipeline cost. Measured for cpu.yaml's model shape (64 px, D=256)
-and the reference's (224 px, D=512), random weights.
+embed() is timed as a user runs it: load the checkpoint, decode and resize every JPEG in
+DataLoader workers, encode, write the index. The forward pass alone encodes the same number
+of images from uint8 tensors already in memory (same batch size, channels_last and precision
+as embed). Their ratio shows what loading costs. Measured for the cpu.yaml model shape (64 px,
+D=256, on the demo's 96 px JPEGs) and the reference shape (224 px, D=512, on 256 px JPEGs),
+random weights. Cases run interleaved; each figure is the median of --repeats runs.
 
-    python benchmarks/embed_speed.py
+examples:
+  python benchmarks/embed_speed.py                  # about 4 minutes on 2 CPU cores
+  python benchmarks/embed_speed.py --device cuda --workers 8
 """
 
 from __future__ import annotations
 
-import shutil
+import argparse
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import catalogue, finish, median, parser, timed
+from common import (
+    QUERY_WORDS,
+    base_parser,
+    interleaved,
+    median,
+    paired_ratio,
+    random_checkpoint,
+    shape_config,
+    synthetic_catalogue,
+    timed,
+    write_result,
+)
 from stylequery import runtime
-from stylequery.checkpoint import load_model, save_checkpoint
-from stylequery.config import load_config
+from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.data import load_image
 from stylequery.inference import embed
-from stylequery.loss import build_loss
-from stylequery.model import build_model
 
-SHAPES = {"cpu.yaml (64 px, D=256)": (64, 256), "reference (224 px, D=512)": (224, 512)}
+NAME = "embed_speed"
+JPEG_SIZES = {"cpu": 96, "reference": 256, "tiny": 48}  # side of the JPEGs each shape reads
 
 
-def measure(name: str, size: int, dim: int, images: list[Path], args: object) -> dict:
-    device = runtime.resolve_device(args.device)
-    cfg = load_config(None, [f"data.image_size={size}", f"model.embed_dim={dim}"])
-    checkpoint = args.work / f"embed-{size}-{dim}.pt"
-    torch.manual_seed(0)
-    save_checkpoint(
-        checkpoint,
-        model=build_model(cfg.model, 16),
-        cfg=cfg,
-        vocab=["<UNK>"] * 16,
-        loss=build_loss("batch_classification", 4.0),
-        iteration=0,
-    )
-    folder = args.work / f"embed-images-{args.products}"
-    out = args.work / f"embed-index-{size}"
-    pipeline = []
-    for _ in range(args.repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        pipeline.append(
-            timed(
-                lambda: embed(
-                    checkpoint,
-                    folder,
-                    out,
-                    device,
-                    batch_size=args.batch_size,
-                    num_workers=args.workers,
-                ),
-                device,
-            )
-        )
-    model = load_model(checkpoint, device).model
-    batch = torch.stack([load_image(p, size) for p in images[: args.batch_size]]).to(device)
-    batches = -(-len(images) // args.batch_size)
+def forward_only(loaded: LoadedModel, images: torch.Tensor, batch_size: int) -> None:
+    """Encode in-memory uint8 images (N, 3, S, S) batch by batch, as embed() does."""
+    cfg, device = loaded.cfg, images.device
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            if cfg.train.channels_last and device.type != "mps":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast(device, cfg.train.precision):
+                loaded.model.encode_image(batch, normalize=True).float().cpu()  # (B, D)
 
-    def forward() -> None:
-        with torch.no_grad():
-            for _ in range(batches):
-                model.encode_image(batch)
 
-    compute = [timed(forward, device) for _ in range(args.repeats)]
-    embed_rate = len(images) / median(pipeline)
-    forward_rate = batches * args.batch_size / median(compute)
-    return {
-        "shape": name,
-        "images": len(images),
-        "embed_images_per_s": embed_rate,
-        "forward_images_per_s": forward_rate,
-        "forward_over_embed": forward_rate / embed_rate,
+def embed_case(
+    checkpoint: Path,
+    folder: Path,
+    out: Path,
+    device: torch.device,
+    args: argparse.Namespace,
+    workers: int,
+) -> Callable[[], float]:
+    """A timed ``embed`` of the folder into ``out``, as `stylequery embed` runs it."""
+
+    def run() -> None:
+        embed(checkpoint, folder, out, device, batch_size=args.batch_size, num_workers=workers)
+
+    return lambda: timed(run, device)
+
+
+def measure(shape: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Rows of one model shape: one per worker count."""
+    cfg = shape_config(shape)
+    size, jpeg_size = cfg.data.image_size, JPEG_SIZES[shape]
+    folder = synthetic_catalogue(args.work, args.products, jpeg_size) / "women"
+    paths = sorted(folder.rglob("*.jpeg"))
+    checkpoint = random_checkpoint(args.work / f"embed-{shape}.pt", cfg, QUERY_WORDS)
+    loaded = load_model(checkpoint, device)
+    images = torch.stack([load_image(p, size) for p in paths]).to(device)  # (N, 3, S, S)
+    cases: dict[str, Callable[[], float]] = {
+        "forward": lambda: timed(lambda: forward_only(loaded, images, args.batch_size), device),
+        "load checkpoint": lambda: timed(lambda: load_model(checkpoint, device), device),
     }
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__.splitlines()[0], "embed_speed")
-    p.add_argument("--products", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    args = p.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    source = catalogue(args.work, args.products, 256)
-    folder = args.work / f"embed-images-{args.products}"
-    if not folder.is_dir():
-        shutil.copytree(source / "women", folder)
-    images = sorted(folder.rglob("*.jpeg"))
-    rows = [measure(name, *SHAPES[name], images, args) for name in args.shapes]
-    return finish(
-        "embed_speed",
-        args.out,
-        rows,
+    for workers in args.workers:
+        out = args.work / f"embed-index-{shape}-{workers}"
+        cases[f"embed {workers}"] = embed_case(checkpoint, folder, out, device, args, workers)
+    forward_only(loaded, images, args.batch_size)  # warm-up
+    seconds = interleaved(cases, args.repeats)
+    return [
         {
-            "device": args.device,
-            "batch_size": args.batch_size,
-            "workers": args.workers,
-            "repeats": args.repeats,
-            "jpeg_side": 256,
-            "note": "embed time includes loading the checkpoint and writing the index",
-        },
+            "shape": shape,
+            "image_size": size,
+            "embed_dim": cfg.model.embed_dim,
+            "jpeg_size": jpeg_size,
+            "images": len(paths),
+            "workers": workers,
+            "embed_images_per_s": len(paths) / median(seconds[f"embed {workers}"]),
+            "forward_images_per_s": len(paths) / median(seconds["forward"]),
+            "forward_over_embed": paired_ratio(seconds[f"embed {workers}"], seconds["forward"]),
+            "checkpoint_load_s": median(seconds["load checkpoint"]),
+            "runs": args.repeats,
+        }
+        for workers in args.workers
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    parser = base_parser(__doc__ or "", NAME)
+    parser.add_argument("--shapes", nargs="+", default=["cpu", "reference"], choices=JPEG_SIZES)
+    parser.add_argument("--products", type=int, default=300, help="catalogue size (~2 images each)")
+    parser.add_argument("--batch-size", type=int, default=64, help="embed's default")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers of embed"
     )
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    device = runtime.resolve_device(args.device)
+    rows = [row for shape in args.shapes for row in measure(shape, args, device)]
+    settings = {
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "weights": "random (speed only)",
+        "note": (
+            "embed time includes loading the checkpoint and writing the index "
+            "(checkpoint_load_s shows the first); forward_over_embed = embed s / forward s"
+        ),
+    }
+    return write_result(NAME, args, argv, rows, settings, started, device)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -12,40 +13,66 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 TINY = {
-    "train_speed": ["--image-size", "32", "--products", "20", "--iterations", "1", "--warmup",
-                    "0", "--batch-size", "4", "--workers", "0"],
-    "eval_speed": ["--sizes", "60", "--image-size", "32", "--repeats", "1"],
-    "embed_speed": ["--products", "6", "--repeats", "1", "--workers", "0", "--batch-size", "8"],
-    "query_latency": ["--sizes", "500", "--dim", "16", "--image-size", "32", "--runs", "2",
-                      "--repeats", "1"],
-    "quality": ["--products", "30", "--set", "train.iterations=2", "--set", "train.batch_size=4",
-                "--set", "data.image_size=32"],
+    "train_speed": ["--device", "cpu", "--image-size", "32", "--products", "20", "--jpeg-size",
+                    "48", "--batch-size", "4", "--iterations", "1", "--warmup", "0",
+                    "--min-seconds", "0", "--workers", "0", "--repeats", "1"],
+    "eval_speed": ["--device", "cpu", "--sizes", "40", "--shape", "tiny", "--jpeg-size", "32",
+                   "--repeats", "1"],
+    "embed_speed": ["--device", "cpu", "--shapes", "tiny", "--products", "6", "--workers", "0",
+                    "--repeats", "1"],
+    "query_latency": ["--device", "cpu", "--sizes", "1000", "--shapes", "tiny", "--dtypes",
+                      "float16", "--runs", "2", "--repeats", "1"],
+    "quality": ["--device", "cpu", "--products", "20", "--seeds", "0", "--set",
+                "train.iterations=1", "--set", "train.batch_size=4", "--set",
+                "data.image_size=32"],
 }  # fmt: skip
 
-KEYS = {
-    "train_speed": {"variant", "images_per_s", "s_per_iter", "feature_cache_s"},
-    "eval_speed": {"test_images", "queries", "encode_s", "rest_s", "total_s"},
-    "embed_speed": {"shape", "embed_images_per_s", "forward_images_per_s", "forward_over_embed"},
-    "query_latency": {"gallery", "dtype", "search_p50_ms", "search_p95_ms", "e2e_p50_ms"},
+ROW_KEYS = {
+    "train_speed": {"variant", "images_per_s", "s_per_iter", "runs"},
+    "eval_speed": {"test_images", "queries", "total_s", "encode_s", "rest_s"},
+    "embed_speed": {"shape", "workers", "embed_images_per_s", "forward_images_per_s"},
+    "query_latency": {"gallery", "dim", "dtype", "search_p50_ms", "search_p95_ms", "e2e_p95_ms"},
     "quality": {"composer", "recall@1", "recall@10", "recall@50"},
+}
+EXTRA_KEYS = {
+    "train_speed": {"ratios", "feature_caching"},
+    "query_latency": {"cold"},
+    "quality": {"per_run"},
 }
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+def load_benchmark(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_benchmark_runs_at_a_tiny_size(name: str, tmp_path: Path) -> None:
+def test_benchmark_runs_at_a_tiny_size_and_writes_json(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"
-    result = _load(name).main([*TINY[name], "--out", str(out), "--work", str(tmp_path / "work")])
+    argv = [*TINY[name], "--out", str(out), "--work", str(tmp_path / "work")]
+    returned = load_benchmark(name).main(argv)
     written = json.loads(out.read_text())
-    assert written["benchmark"] == result["benchmark"] == name
+    assert written == json.loads(json.dumps(returned, default=str))
+    assert written["benchmark"] == name
+    assert written["command"].startswith(f"python benchmarks/{name}.py ")
     assert {"cpu", "cores", "torch", "torch_threads"} <= set(written["machine"])
     assert written["rows"]
     for row in written["rows"]:
-        assert KEYS[name] <= set(row)
+        assert ROW_KEYS[name] <= set(row)
+    assert EXTRA_KEYS.get(name, set()) <= set(written)
+    if name == "query_latency":
+        (cold,) = written["cold"]
+        assert cold["cli_s"] > 0
+        assert 0 < cold["rss_imports_mb"] <= cold["rss_engine_mb"] <= cold["rss_peak_mb"]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_benchmark_help_works(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_benchmark(name).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
