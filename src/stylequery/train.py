@@ -433,7 +433,8 @@ def cache_backbone_features(
 def backbone_features(
     model: StyleQueryModel, prepared: PreparedData, split: str, cfg: Config, device: torch.device
 ) -> torch.Tensor:
-    """Backbone features (N, F) of every image of a split, in eval mode, on the CPU."""
+    """Backbone features (N, F) of every image of a split, on the CPU (computed in eval mode;
+    the model's train/eval mode is restored afterwards)."""
     items = prepared.split(split)
     cache = prepared.image_cache(split, cfg.data.image_size) if cfg.data.use_image_cache else None
     loader = DataLoader(
@@ -442,6 +443,7 @@ def backbone_features(
         num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(0),
     )
+    was_training = model.training
     model.eval()
     out = []
     with progress_bar(f"cache {split} features", total=len(items), log_every=30) as bar:
@@ -452,6 +454,7 @@ def backbone_features(
             with runtime.autocast(device, cfg.train.precision):
                 out.append(model.image_features(images).float().cpu())  # (B, F)
             bar.advance(len(images))
+    model.train(was_training)
     return torch.cat(out)
 
 
