@@ -344,7 +344,9 @@ def query(
 
 
 def _print_hits(result: Any, limit: int | None = None) -> None:
-    title = f"{_short(result.image)}  +  {' ; '.join(result.texts)}"
+    from stylequery.runs import relative_to_cwd
+
+    title = f"{relative_to_cwd(result.image)}  +  {' ; '.join(result.texts)}"
     if result.target_caption:
         title += f"\ntarget caption: {result.target_caption}"
     table = Table(title=title, title_justify="left")
@@ -353,16 +355,10 @@ def _print_hits(result: Any, limit: int | None = None) -> None:
     for hit in result.hits[:limit]:
         mark = {True: "[green]yes[/green]", False: "no", None: ""}[hit.hit]
         caption = escape(hit.caption or "")
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", mark, caption, escape(_short(hit.path)))
+        table.add_row(
+            str(hit.rank), f"{hit.score:.3f}", mark, caption, escape(str(relative_to_cwd(hit.path)))
+        )
     console.print(table)
-
-
-def _short(path: str | Path) -> str:
-    """A path relative to the working folder when it is below it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _save_sheet(result: Any, out: Path) -> None:

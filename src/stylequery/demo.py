@@ -19,7 +19,7 @@ from stylequery.config import load_config
 from stylequery.data import caption_difference, load_prepared, prepare
 from stylequery.evaluate import COLOUR_WORDS, EvalResult, evaluate
 from stylequery.inference import QueryEngine, QueryResult, embed
-from stylequery.runs import checkpoint_paths
+from stylequery.runs import checkpoint_paths, relative_to_cwd
 from stylequery.synth import synthesize
 from stylequery.viz import SheetItem, contact_sheet
 
@@ -64,7 +64,7 @@ class DemoSummary:
         src, tgt = self.change
         return [
             f"stylequery evaluate {self.checkpoint} --breakdown",
-            f"stylequery query {_relative(self.query_image)} --change {src}:{tgt} "
+            f"stylequery query {relative_to_cwd(self.query_image)} --change {src}:{tgt} "
             f"--checkpoint {self.checkpoint} --index {self.index} --save results.png",
             f"stylequery train --config cpu.yaml --set data.root={self.catalogue} "
             "--set model.composer=concat",
@@ -137,13 +137,6 @@ def _query(
     image = prepared.root / items[source].path
     engine = QueryEngine(checkpoint, index, device)
     return image, change, engine.query(image, [change], k=10)
-
-
-def _relative(path: Path) -> Path:
-    try:
-        return path.resolve().relative_to(Path.cwd())
-    except ValueError:
-        return path
 
 
 class _timed:

@@ -37,6 +37,14 @@ def latest_run(base: Path = TRAIN_DIR) -> Path:
     return max(runs, key=lambda p: checkpoint_paths(p)[1].stat().st_mtime)
 
 
+def relative_to_cwd(path: str | Path) -> Path:
+    """A path relative to the working folder when it lies below it, else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd())
+    except ValueError:
+        return Path(path)
+
+
 def default_index_dir(checkpoint: Path) -> Path | None:
     """``<run>/index`` for a checkpoint stored as ``<run>/weights/<name>.pt``, else None."""
     checkpoint = Path(checkpoint)
