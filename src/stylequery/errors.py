@@ -27,3 +27,7 @@ class CheckpointError(StyleQueryError):
 
 class IndexMismatchError(StyleQueryError):
     """An index that is missing, corrupt, or was embedded by another model."""
+
+
+class LockError(StyleQueryError):
+    """Another process holds the write lock of a file or folder for longer than we wait."""

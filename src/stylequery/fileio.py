@@ -1,20 +1,32 @@
-"""Atomic writes: a file or folder appears whole under its final name, or not at all.
+"""Atomic writes and write locks: a file or folder appears whole, and one writer at a time.
 
 Everything the project writes that a person would hate to lose (prepared data, checkpoints,
 indexes, metrics) goes through these helpers: the content is written next to the target
 under a temporary name and then renamed, which is atomic on POSIX file systems.
+
+A read-modify-write of a shared file or folder (``embed --append`` on an index, a prepared
+folder, a run folder) also holds :func:`exclusive_lock`, so two processes never both read the
+old state and the last writer never silently drops the first one's work.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from stylequery.errors import LockError
+
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another one before giving up
+_LOCK_POLL = 0.05  # seconds between attempts while waiting
 
 
 def _umask() -> int:
@@ -74,3 +86,58 @@ def write_text(path: Path, text: str) -> Path:
 def write_json(path: Path, data: Any) -> Path:
     """Write pretty-printed JSON atomically."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def lock_path(target: Path) -> Path:
+    """The hidden lock file that guards ``target``: beside it, so swapping a folder keeps it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def exclusive_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[Path]:
+    """Hold the write lock of a file or folder for the duration of the block.
+
+    The lock is an ``fcntl.flock`` on :func:`lock_path` (``.NAME.lock`` beside the target), so
+    the operating system releases it when the holder exits, even after ``kill -9``: a stale lock
+    file never blocks anyone. The lock is per process and not re-entrant: taking it twice in one
+    process waits on itself and times out.
+
+    Args:
+        target: The file or folder about to be read, changed and written back.
+        timeout: Seconds to wait for another holder; 0 fails at once if it is held.
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        LockError: Another process held the lock for longer than ``timeout``.
+    """
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _acquire(fd, Path(target), timeout)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, target: Path, timeout: float) -> None:
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise LockError(f"cannot lock {target}: {exc.strerror}") from exc
+        if time.monotonic() >= deadline:
+            raise LockError(
+                f"{target} is being written by another stylequery process "
+                f"(waited {timeout:g} s); try again when it has finished"
+            )
+        time.sleep(_LOCK_POLL)
