@@ -99,3 +99,20 @@ def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert (target / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_lock_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    target = tmp_path / "out [1]"
+    write_text(target / "a.txt", "kept")
+    stale_dir = tmp_path / ".out [1].abc123.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "big.npy").write_bytes(b"x" * 100)
+    (tmp_path / ".out [1].old").mkdir()
+    (tmp_path / ".out [1].xyz.tmp").write_text("partial file")
+    neighbour = tmp_path / ".other.abc.tmp"  # another target's temporary is not ours to remove
+    neighbour.mkdir()
+    with exclusive_lock(target):
+        pass
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".other.abc.tmp", ".out [1].lock", "out [1]"]
+    assert (target / "a.txt").read_text() == "kept"

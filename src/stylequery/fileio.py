@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -119,6 +120,7 @@ def exclusive_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Itera
     try:
         _acquire(fd, Path(target), timeout)
         try:
+            remove_leftovers(Path(target))
             yield path
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -141,3 +143,24 @@ def _acquire(fd: int, target: Path, timeout: float) -> None:
                 f"(waited {timeout:g} s); try again when it has finished"
             )
         time.sleep(_LOCK_POLL)
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Delete the temporaries a killed atomic write of ``target`` left beside it.
+
+    Only safe while holding :func:`exclusive_lock` on ``target`` (which calls it).
+
+    Returns:
+        The paths removed.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    stale = [*target.parent.glob(f".{glob.escape(target.name)}.*.tmp")]
+    stale += [p for p in [target.with_name(f".{target.name}.old")] if p.exists()]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.data import load_image, load_prepared
 from stylequery.errors import DataError, StyleQueryError
+from stylequery.fileio import exclusive_lock
 from stylequery.index import EmbeddingIndex
 from stylequery.progress import progress_bar
 from stylequery.runtime import autocast
@@ -95,30 +96,35 @@ def embed(
     """Encode a gallery (prepared split or image folder) into an index folder at ``out``.
 
     With ``append`` the images already in the index at ``out`` are kept, not re-encoded.
-    Unreadable images are skipped and listed in the summary.
+    Unreadable images are skipped and listed in the summary. The index's write lock is held
+    from reading the old index to saving the new one, so concurrent runs take turns.
+
+    Raises:
+        LockError: Another process kept the index locked for longer than the lock timeout.
     """
     start = time.perf_counter()
     loaded = load_model(checkpoint, device)
     paths, captions = gallery_source(source, split)
-    old = EmbeddingIndex.load(out) if append and (out / "index.json").is_file() else None
-    if old is not None:
-        old.check_fingerprint(loaded.fingerprint)
-        known = set(old.paths)
-        keep = [i for i, p in enumerate(paths) if str(p.resolve()) not in known]
-        paths, captions = [paths[i] for i in keep], [captions[i] for i in keep]
-    embeddings, good, skipped = _encode_paths(loaded, paths, device, batch_size, num_workers)
-    new_paths = [str(paths[i].resolve()) for i in good]
-    new_captions = [captions[i] for i in good]
-    if old is not None:
-        index = old.append(embeddings, new_paths, new_captions) if good else old
-    else:
-        if not good:
-            raise DataError(f"{source}: none of the {len(paths)} images could be read")
-        meta = {"checkpoint": str(checkpoint), "source": str(source), "split": split}
-        index = EmbeddingIndex.build(
-            embeddings, new_paths, new_captions, loaded.fingerprint, dtype=dtype, meta=meta
-        )
-    index.save(out)
+    with exclusive_lock(out):  # a concurrent embed into `out` waits: no append is lost
+        old = EmbeddingIndex.load(out) if append and (out / "index.json").is_file() else None
+        if old is not None:
+            old.check_fingerprint(loaded.fingerprint)
+            known = set(old.paths)
+            keep = [i for i, p in enumerate(paths) if str(p.resolve()) not in known]
+            paths, captions = [paths[i] for i in keep], [captions[i] for i in keep]
+        embeddings, good, skipped = _encode_paths(loaded, paths, device, batch_size, num_workers)
+        new_paths = [str(paths[i].resolve()) for i in good]
+        new_captions = [captions[i] for i in good]
+        if old is not None:
+            index = old.append(embeddings, new_paths, new_captions) if good else old
+        else:
+            if not good:
+                raise DataError(f"{source}: none of the {len(paths)} images could be read")
+            meta = {"checkpoint": str(checkpoint), "source": str(source), "split": split}
+            index = EmbeddingIndex.build(
+                embeddings, new_paths, new_captions, loaded.fingerprint, dtype=dtype, meta=meta
+            )
+        index.save(out)
     for path, reason in skipped:
         logger.warning("skipped %s: %s", path, reason)
     return EmbedSummary(out, len(good), len(index), skipped, time.perf_counter() - start)

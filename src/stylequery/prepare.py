@@ -18,7 +18,7 @@ from typing import Any
 from stylequery.captions import SiblingIndex
 from stylequery.config import DataConfig
 from stylequery.errors import DataError
-from stylequery.fileio import atomic_dir, write_json
+from stylequery.fileio import atomic_dir, exclusive_lock, write_json
 from stylequery.imagecache import build_cache, cache_file_name, image_problem
 from stylequery.labels import (
     SPLITS,
@@ -120,6 +120,7 @@ def prepare(
 
     Raises:
         DataError: Bad label lines, missing label files, no images left, and so on.
+        LockError: Another prepare kept ``out`` locked for longer than the lock timeout.
     """
     root = Path(cfg.root)
     categories = resolve_categories(root, cfg.categories)
@@ -130,7 +131,7 @@ def prepare(
     for split in splits.values():
         _check_images(root, split, strict)
         _require_images(root, categories, split, cfg.subcategories)
-    with atomic_dir(out_dir) as tmp:
+    with exclusive_lock(out_dir), atomic_dir(out_dir) as tmp:  # the lock removes killed leftovers
         cache = None
         if image_cache:
             cache = _write_caches(root, splits, tmp, image_cache, strict)

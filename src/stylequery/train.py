@@ -14,6 +14,7 @@ import csv
 import functools
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from stylequery.config import Config, dump_config
 from stylequery.data import ImageDataset, PairDataset, PreparedData, collate_pairs, load_prepared
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.evaluate import evaluate_model, resolve_prepared_dir
-from stylequery.fileio import atomic_file
+from stylequery.fileio import atomic_file, exclusive_lock
 from stylequery.loss import build_loss, gather_with_grad
 from stylequery.model import StyleQueryModel, build_model
 from stylequery.progress import progress_bar
@@ -461,12 +462,32 @@ def backbone_features(
 def train(cfg: Config, run_dir: Path, device: torch.device, resume: bool = False) -> TrainResult:
     """Train a model; write ``config.yaml``, ``metrics.csv``, ``curves.png`` and weights.
 
+    The run folder is locked while training (a second run into it fails at once), and a new
+    run folder that a failure leaves holding only ``config.yaml`` is removed.
+
     Args:
         cfg: Resolved config.
         run_dir: Run folder (created).
         device: Where to train.
         resume: Continue from ``run_dir/weights/last.pt``.
+
+    Raises:
+        LockError: Another process is training into ``run_dir``.
     """
+    if not runtime.is_main_process():
+        return _train(cfg, run_dir, device, resume)
+    with exclusive_lock(run_dir, timeout=0):
+        fresh = not run_dir.exists()
+        try:
+            return _train(cfg, run_dir, device, resume)
+        except (StyleQueryError, KeyboardInterrupt):
+            left = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+            if fresh and left <= {"config.yaml"}:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train(cfg: Config, run_dir: Path, device: torch.device, resume: bool) -> TrainResult:
     start = time.perf_counter()
     runtime.check_precision(device, cfg.train.precision)
     prepared = load_prepared(resolve_prepared_dir(cfg))
