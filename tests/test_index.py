@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import stylequery.index as index_module
+import stylequery.index.exact as index_module
 from stylequery.errors import DataError, IndexMismatchError
 from stylequery.index import EmbeddingIndex
 

@@ -16,7 +16,7 @@ from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.data import load_image, load_prepared
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
-from stylequery.index import EmbeddingIndex
+from stylequery.index import EmbeddingIndex, open_index
 from stylequery.progress import progress_bar
 from stylequery.runtime import autocast
 from stylequery.vocab import Vocab, pad_batch
@@ -199,13 +199,19 @@ class QueryResult:
 class QueryEngine:
     """A checkpoint and an index loaded once, answering queries (the warm path)."""
 
-    def __init__(self, checkpoint: Path, index_dir: Path, device: torch.device) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        index_dir: Path | str,
+        device: torch.device,
+        search_params: dict[str, Any] | None = None,
+    ) -> None:
+        """Load the checkpoint and open the index (any backend; ``search_params`` tune it)."""
         self.loaded = load_model(checkpoint, device)
-        self.index = EmbeddingIndex.load(index_dir)
+        self.index = open_index(index_dir, **(search_params or {}))
         self.index.check_fingerprint(self.loaded.fingerprint)
         self.vocab = Vocab(self.loaded.vocab)
         self.device = device
-        self._position = {p: i for i, p in enumerate(self.index.paths)}
 
     def texts_for(self, changes: list[tuple[str, str]], text: str | None) -> list[str]:
         """Modification texts: one per change (in the training template), or the free text."""
@@ -249,17 +255,17 @@ class QueryEngine:
         """Top-k gallery images for an image plus changes (the image itself is left out)."""
         texts = self.texts_for(changes, text)
         image = load_image(image_path, self.loaded.cfg.data.image_size)
-        own = self._position.get(str(Path(image_path).resolve()), -1)
+        own = self.index.find(str(Path(image_path).resolve()))
         scores, ids = self.index.search(self.encode(image, texts).numpy(), k, exclude=[own])
-        source_caption = self.index.captions[own] if own >= 0 else None
+        source_caption = self.index.items([own])[0][1] if own >= 0 else None
         target = apply_changes(source_caption, changes) if source_caption and not text else None
         hits = []
-        for rank, (score, i) in enumerate(
-            zip(scores[0].tolist(), ids[0].tolist(), strict=True), start=1
+        items = self.index.items(ids[0].tolist())
+        for rank, (score, (path, caption)) in enumerate(
+            zip(scores[0].tolist(), items, strict=True), start=1
         ):
-            caption = self.index.captions[i]
             hit = None if target is None or caption is None else caption == target
-            hits.append(QueryHit(rank, float(score), self.index.paths[i], caption, hit))
+            hits.append(QueryHit(rank, float(score), path, caption, hit))
         return QueryResult(
             Path(image_path), texts, hits, source_caption, target, self.unknown_word_warnings(texts)
         )

@@ -1,10 +1,10 @@
-"""EmbeddingIndex: a folder of gallery embeddings with exact, chunked inner-product search.
+"""The exact backend: a folder of gallery embeddings with exact, chunked inner-product search.
 
 An index folder holds ``embeddings.npy`` ((N, D) float32 or float16 L2-normalised rows,
 memory-mapped on load), ``items.jsonl`` (one ``{"path": str, "caption": str | null}`` per row)
-and ``index.json`` (format version, checkpoint fingerprint, dim, dtype, count, created/updated
-times, free-form ``meta``). Paths are unique: build and append reject duplicates (test
-``path in index`` to skip images already embedded before encoding them).
+and ``index.json`` (format version, backend, checkpoint fingerprint, dim, dtype, count,
+created/updated times, free-form ``meta``). Paths are unique: build and append reject
+duplicates (test ``path in index`` to skip images already embedded before encoding them).
 
 Search walks the gallery in chunks, so a memory-mapped gallery larger than RAM can be searched,
 keeping a running top-k. Results are ordered by descending score, ties by the lower gallery
@@ -19,31 +19,43 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from stylequery.errors import DataError, IndexMismatchError
+from stylequery.errors import IndexMismatchError
 from stylequery.fileio import atomic_dir, write_json
+from stylequery.index.base import (
+    DTYPES,
+    FORMAT_VERSION,
+    Backend,
+    Dtype,
+    Gallery,
+    GalleryIndex,
+    check_dim,
+    check_exclude,
+    check_queries,
+    check_unique,
+    clip_k,
+    folder_bytes,
+    one_line,
+    sort_exact,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.jsonl"
 INFO_FILE = "index.json"
-_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 @dataclass(eq=False)
-class EmbeddingIndex:
+class EmbeddingIndex(GalleryIndex):
     """Gallery embeddings with their image paths and captions. Make one with :meth:`build` or
     :meth:`load`; treat its attributes as read-only.
 
@@ -57,6 +69,7 @@ class EmbeddingIndex:
         folder: the folder it was loaded from, ``None`` when built in memory.
     """
 
+    backend: ClassVar[Backend] = "exact"
     embeddings: np.ndarray = field(repr=False)
     paths: list[str] = field(repr=False)
     captions: list[str | None] = field(repr=False)
@@ -65,6 +78,7 @@ class EmbeddingIndex:
     created: str = ""
     updated: str = ""
     folder: Path | None = None
+    chunk_size: int = 65536  # gallery rows scored at once; bounds memory to ~chunk_size x Q
     _rows: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -74,38 +88,22 @@ class EmbeddingIndex:
         paths: Sequence[str],
         captions: Sequence[str | None] | None,
         fingerprint: str,
-        dtype: Literal["float32", "float16"] = "float32",
+        dtype: Dtype = "float32",
         meta: dict[str, Any] | None = None,
     ) -> EmbeddingIndex:
         """Make an in-memory index from embeddings computed by one checkpoint.
 
-        Args:
-            embeddings: (N, D) L2-normalised rows; a float32 CPU array is used without copying.
-            paths: image path of each row, unique.
-            captions: caption of each row (``None`` where unknown), or ``None`` for all.
-            fingerprint: fingerprint of the checkpoint that computed the embeddings.
-            dtype: storage precision; float16 halves memory and disk at ~1e-3 score error.
-            meta: JSON-serialisable description of the model/checkpoint, stored as given.
-
-        Raises:
-            DataError: on duplicate paths.
-            ValueError: on mismatched lengths, a non-2-D or non-finite array, or a bad dtype.
+        The arguments and errors are those of :meth:`Gallery.of`; float16 ``dtype`` halves
+        memory and disk at ~1e-3 score error, and a float32 CPU array is used without copying.
         """
-        if dtype not in _DTYPES:
-            raise ValueError(f"index dtype must be float32 or float16, got {dtype!r}")
-        array = _to_numpy(embeddings).astype(_DTYPES[dtype], copy=False)
-        if array.ndim != 2:
-            raise ValueError(f"embeddings must be (N, D), got shape {array.shape}")
-        captions = [None] * len(paths) if captions is None else list(captions)
-        if not len(paths) == len(captions) == len(array):
-            raise ValueError(
-                f"{len(array)} embeddings, {len(paths)} paths, {len(captions)} captions"
-            )
-        if not np.isfinite(array).all():
-            raise ValueError("embeddings contain NaN or inf")
-        _check_unique(list(paths), set())
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        return cls(array, list(paths), captions, fingerprint, dict(meta or {}), now, now)
+        return cls.of_gallery(Gallery.of(embeddings, paths, captions, fingerprint, dtype, meta))
+
+    @classmethod
+    def of_gallery(cls, gallery: Gallery, folder: Path | None = None) -> EmbeddingIndex:
+        g = gallery
+        return cls(
+            g.embeddings, g.paths, g.captions, g.fingerprint, g.meta, g.created, g.updated, folder
+        )
 
     def append(
         self,
@@ -113,7 +111,7 @@ class EmbeddingIndex:
         paths: Sequence[str],
         captions: Sequence[str | None] | None = None,
     ) -> EmbeddingIndex:
-        """Return a new index with extra rows after the existing ones (which are not re-encoded).
+        """Return a new in-memory index with extra rows after the existing ones (not re-encoded).
 
         Dtype, fingerprint, meta and creation time are kept. The existing rows are read into
         memory: a memory-mapped index becomes an in-memory one.
@@ -122,12 +120,9 @@ class EmbeddingIndex:
             DataError: when a path is already in the index or repeated in ``paths``.
             IndexMismatchError: when the new embeddings' dim differs from the index's.
         """
-        extra = EmbeddingIndex.build(embeddings, paths, captions, self.fingerprint, self.dtype)
-        if extra.dim != self.dim:
-            raise IndexMismatchError(
-                f"new embeddings have dim {extra.dim}, but index {self._name} has dim {self.dim}"
-            )
-        _check_unique(extra.paths, self._path_rows())
+        extra = Gallery.of(embeddings, paths, captions, self.fingerprint, self.dtype)
+        check_dim(extra.embeddings.shape[1], self)
+        check_unique(extra.paths, self._path_rows())
         return EmbeddingIndex(
             np.concatenate([np.asarray(self.embeddings), extra.embeddings]),
             self.paths + extra.paths,
@@ -138,11 +133,37 @@ class EmbeddingIndex:
             extra.updated,
         )
 
+    @classmethod
+    def open(cls, location: str | Path, **search_params: Any) -> EmbeddingIndex:
+        """Open an index folder memory-mapped; ``chunk_size`` is the one search parameter."""
+        index = cls.load(Path(location))
+        index.chunk_size = int(search_params.pop("chunk_size", index.chunk_size))
+        if search_params:
+            raise IndexMismatchError(
+                f"the exact backend has no search parameter {', '.join(search_params)}"
+            )
+        return index
+
+    @classmethod
+    def create(cls, location: str | Path, gallery: Gallery, **params: Any) -> EmbeddingIndex:
+        if params:
+            raise ValueError(f"the exact backend takes no parameters, got {', '.join(params)}")
+        cls.of_gallery(gallery).save(Path(location))
+        return cls.load(Path(location))
+
+    def add(
+        self,
+        embeddings: np.ndarray | Tensor,
+        paths: Sequence[str],
+        captions: Sequence[str | None] | None = None,
+    ) -> EmbeddingIndex:
+        if self.folder is None:
+            raise ValueError("add() writes to the index folder; this index was built in memory")
+        self.append(embeddings, paths, captions).save(self.folder)
+        return EmbeddingIndex.load(self.folder)
+
     def __len__(self) -> int:
         return len(self.paths)
-
-    def __contains__(self, path: object) -> bool:
-        return path in self._path_rows()
 
     @property
     def dim(self) -> int:
@@ -150,25 +171,23 @@ class EmbeddingIndex:
         return int(self.embeddings.shape[1])
 
     @property
-    def dtype(self) -> Literal["float32", "float16"]:
+    def dtype(self) -> Dtype:
         """Storage precision of the rows."""
         return "float16" if self.embeddings.dtype == np.float16 else "float32"
+
+    @property
+    def name(self) -> str:
+        return str(self.folder) if self.folder is not None else "(in memory)"
 
     def find(self, path: str) -> int:
         """Row of ``path``, or ``-1`` when absent (the convention of ``exclude``)."""
         return self._path_rows().get(path, -1)
 
-    def check_fingerprint(self, fingerprint: str) -> None:
-        """Raise :class:`IndexMismatchError` unless the index was embedded by this checkpoint."""
-        if fingerprint != self.fingerprint:
-            raise IndexMismatchError(
-                f"index {self._name} was embedded by checkpoint {self.fingerprint[:12]}, but the "
-                f"checkpoint given is {fingerprint[:12]}; re-run `stylequery embed`"
-            )
+    def items(self, rows: Sequence[int]) -> list[tuple[str, str | None]]:
+        return [(self.paths[row], self.captions[row]) for row in rows]
 
-    @property
-    def _name(self) -> str:
-        return str(self.folder) if self.folder is not None else "(in memory)"
+    def vectors(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.embeddings[start:stop], dtype=np.float32)
 
     def _path_rows(self) -> dict[str, int]:
         if self._rows is None:
@@ -185,11 +204,15 @@ class EmbeddingIndex:
         """
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            np.save(tmp / EMBEDDINGS_FILE, self.embeddings, allow_pickle=False)
-            _write_items(tmp / ITEMS_FILE, self.paths, self.captions)
-            write_json(tmp / INFO_FILE, self._describe())
+            self.write_files(tmp)
         logger.info("wrote index of %d items to %s", len(self), folder)
         return folder
+
+    def write_files(self, folder: Path) -> None:
+        """Write the three files into an existing (temporary) folder."""
+        np.save(folder / EMBEDDINGS_FILE, self.embeddings, allow_pickle=False)
+        write_items(folder / ITEMS_FILE, self.paths, self.captions)
+        write_json(folder / INFO_FILE, self._describe())
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> EmbeddingIndex:
@@ -206,9 +229,9 @@ class EmbeddingIndex:
         folder = Path(folder)
         if not folder.is_dir():
             raise IndexMismatchError(f"index folder {folder} does not exist")
-        info = _read_info(folder / INFO_FILE)
-        embeddings = _read_embeddings(folder / EMBEDDINGS_FILE, info, mmap)
-        paths, captions = _read_items(folder / ITEMS_FILE)
+        info = read_info(folder / INFO_FILE)
+        embeddings = read_embeddings(folder / EMBEDDINGS_FILE, info, mmap)
+        paths, captions = read_items(folder / ITEMS_FILE)
         if len(paths) != len(embeddings):
             raise IndexMismatchError(
                 f"index {folder} is corrupt: {EMBEDDINGS_FILE} has {len(embeddings)} rows "
@@ -221,15 +244,17 @@ class EmbeddingIndex:
         return cls(embeddings, paths, captions, fingerprint, meta, created, updated, folder)
 
     def _describe(self) -> dict[str, Any]:
+        gallery = Gallery(
+            self.embeddings, [], [], self.fingerprint, self.meta, self.created, self.updated
+        )
+        return {**gallery.describe(count=len(self)), "backend": self.backend}
+
+    def info(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "count": len(self),
-            "created": self.created,
-            "updated": self.updated,
-            "meta": self.meta,
+            **self._describe(),
+            "location": self.name,
+            "bytes": folder_bytes(self.folder) if self.folder is not None else 0,
+            "params": {"chunk_size": self.chunk_size},
         }
 
     def search(
@@ -237,7 +262,7 @@ class EmbeddingIndex:
         queries: np.ndarray | Tensor,
         k: int,
         exclude: Sequence[int] | np.ndarray | Tensor | None = None,
-        chunk_size: int = 65536,
+        chunk_size: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k gallery rows by inner product with each query.
 
@@ -246,7 +271,7 @@ class EmbeddingIndex:
             k: results per query; clipped to the number of candidates: the gallery size, less
                 one when ``exclude`` leaves a row out for some query (so no slot is ever empty).
             exclude: (Q,) gallery row to leave out per query (its own image), ``-1`` for none.
-            chunk_size: gallery rows scored at once; bounds memory to ~chunk_size x Q floats.
+            chunk_size: gallery rows scored at once (default: the index's ``chunk_size``).
 
         Returns:
             ``(scores (Q, k) float32, ids (Q, k) int64)`` ordered by descending score, ties by
@@ -257,12 +282,13 @@ class EmbeddingIndex:
             ValueError: on a non-positive ``k`` or ``chunk_size``, non-finite queries, or an
                 ``exclude`` of the wrong length or range.
         """
-        query_array = self._check_queries(queries)
+        query_array = check_queries(queries, self.dim, self.name)
         Q, N = len(query_array), len(self)
+        chunk_size = self.chunk_size if chunk_size is None else chunk_size
         if k < 1 or chunk_size < 1:
             raise ValueError(f"k and chunk_size must be positive, got k={k}, chunk={chunk_size}")
-        skip = _check_exclude(exclude, Q, N)
-        k = min(k, N - int(skip is not None and bool((skip >= 0).any())))
+        skip = check_exclude(exclude, Q, N)
+        k = clip_k(k, N, skip)
         best_scores = np.empty((Q, 0), np.float32)
         best_ids = np.empty((Q, 0), np.int64)
         for start in range(0, N, chunk_size):
@@ -270,24 +296,20 @@ class EmbeddingIndex:
             if skip is not None:
                 _mask_excluded(scores, skip, start)
             top_scores, top_cols = _exact_topk(scores, min(k, scores.shape[1]))
-            best_scores, best_ids = _sort_exact(
+            best_scores, best_ids = sort_exact(
                 np.concatenate([best_scores, top_scores], axis=1),
                 np.concatenate([best_ids, top_cols + start], axis=1),
             )
             best_scores, best_ids = best_scores[:, :k], best_ids[:, :k]
         return best_scores, best_ids
 
-    def _check_queries(self, queries: np.ndarray | Tensor) -> np.ndarray:
-        array = np.ascontiguousarray(_to_numpy(queries), dtype=np.float32)
-        if array.ndim != 2:
-            raise ValueError(f"queries must be (Q, D), got shape {array.shape}")
-        if array.shape[1] != self.dim:
-            raise IndexMismatchError(
-                f"queries have dim {array.shape[1]}, but index {self._name} has dim {self.dim}"
-            )
-        if not np.isfinite(array).all():
-            raise ValueError("queries contain NaN or inf")
-        return array
+    def score_rows(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(Q, C) float32 scores of each query (Q, D) against its own candidate rows (Q, C)."""
+        flat = rows.reshape(-1)
+        order = np.argsort(flat, kind="stable")  # read a memory-mapped file front to back
+        picked = np.empty((len(flat), self.dim), np.float32)
+        picked[order] = self.embeddings[flat[order]]
+        return np.einsum("qd,qcd->qc", queries, picked.reshape(*rows.shape, self.dim))
 
     def _score_chunk(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray:
         """(Q, C) float32 scores of gallery rows ``start:stop``."""
@@ -299,27 +321,6 @@ class EmbeddingIndex:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             rows = torch.from_numpy(block)
         return (torch.from_numpy(queries).half() @ rows.T).float().numpy()
-
-
-def _to_numpy(array: np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(array, Tensor):
-        return array.detach().cpu().float().numpy()
-    return np.asarray(array)
-
-
-def _check_exclude(
-    exclude: Sequence[int] | np.ndarray | Tensor | None, Q: int, N: int
-) -> np.ndarray | None:
-    if exclude is None:
-        return None
-    if isinstance(exclude, Tensor):
-        exclude = exclude.cpu().numpy()
-    skip = np.asarray(exclude, dtype=np.int64).reshape(-1)
-    if len(skip) != Q:
-        raise ValueError(f"exclude has {len(skip)} entries for {Q} queries")
-    if Q and (skip.min() < -1 or skip.max() >= N):
-        raise ValueError(f"exclude holds a row outside -1..{N - 1}")
-    return skip
 
 
 def _mask_excluded(scores: np.ndarray, skip: np.ndarray, start: int) -> None:
@@ -340,38 +341,23 @@ def _exact_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         tied = np.flatnonzero(scores[row] == kth[row])[: k - len(above)]
         cols[row] = np.concatenate([above, tied])
         values[row] = scores[row, cols[row]]
-    return _sort_exact(values, cols)
+    return sort_exact(values, cols)
 
 
-def _sort_exact(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by descending score, ties by ascending id."""
-    order = np.lexsort((ids, -scores), axis=1)
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def _check_unique(paths: list[str], existing: Container[str]) -> None:
-    repeated = [p for p in paths if p in existing] + [p for p, n in Counter(paths).items() if n > 1]
-    if repeated:
-        raise DataError(
-            f"{len(repeated)} image path(s) already in the index or given twice, e.g. "
-            f"'{repeated[0]}'; pass each image once (skip those with `path in index`)"
-        )
-
-
-def _write_items(path: Path, paths: list[str], captions: list[str | None]) -> None:
+def write_items(path: Path, paths: list[str], captions: list[str | None]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for item_path, caption in zip(paths, captions, strict=True):
             f.write(json.dumps({"path": item_path, "caption": caption}, ensure_ascii=False))
             f.write("\n")
 
 
-def _read_info(path: Path) -> dict[str, Any]:
+def read_info(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IndexMismatchError(f"{path} is missing: not an index folder, or an unfinished one")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexMismatchError(f"{path} is not valid JSON: {_one_line(err)}") from None
+        raise IndexMismatchError(f"{path} is not valid JSON: {one_line(err)}") from None
     if not isinstance(info, dict):
         raise IndexMismatchError(f"{path} is not a JSON object")
     for key in ("format_version", "fingerprint", "dim", "dtype", "count", "created", "meta"):
@@ -385,15 +371,15 @@ def _read_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _read_embeddings(path: Path, info: dict[str, Any], mmap: bool) -> np.ndarray:
+def read_embeddings(path: Path, info: dict[str, Any], mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise IndexMismatchError(f"{path} is missing")
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise IndexMismatchError(f"{path} is corrupt: {_one_line(err)}") from None
+        raise IndexMismatchError(f"{path} is corrupt: {one_line(err)}") from None
     expected = (info["count"], info["dim"])
-    if array.shape != expected or str(array.dtype) != info["dtype"] or info["dtype"] not in _DTYPES:
+    if array.shape != expected or str(array.dtype) != info["dtype"] or info["dtype"] not in DTYPES:
         raise IndexMismatchError(
             f"{path} is corrupt: holds {array.dtype} {array.shape}, but index.json says "
             f"{info['dtype']} {expected}"
@@ -401,7 +387,7 @@ def _read_embeddings(path: Path, info: dict[str, Any], mmap: bool) -> np.ndarray
     return array
 
 
-def _read_items(path: Path) -> tuple[list[str], list[str | None]]:
+def read_items(path: Path) -> tuple[list[str], list[str | None]]:
     if not path.is_file():
         raise IndexMismatchError(f"{path} is missing")
     paths: list[str] = []
@@ -411,7 +397,7 @@ def _read_items(path: Path) -> tuple[list[str], list[str | None]]:
             try:
                 item = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise IndexMismatchError(f"{path} line {number}: {_one_line(err)}") from None
+                raise IndexMismatchError(f"{path} line {number}: {one_line(err)}") from None
             if not (
                 isinstance(item, dict)
                 and isinstance(item.get("path"), str)
@@ -421,7 +407,3 @@ def _read_items(path: Path) -> tuple[list[str], list[str | None]]:
             paths.append(item["path"])
             captions.append(item.get("caption"))
     return paths, captions
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
