@@ -39,6 +39,7 @@ from common import (
 from stylequery import runtime
 from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.data import load_image
+from stylequery.encode import encode_images
 from stylequery.inference import embed
 
 NAME = "embed_speed"
@@ -47,14 +48,11 @@ JPEG_SIZES = {"cpu": 96, "reference": 256, "tiny": 48}  # side of the JPEGs each
 
 def forward_only(loaded: LoadedModel, images: torch.Tensor, batch_size: int) -> None:
     """Encode in-memory uint8 images (N, 3, S, S) batch by batch, as embed() does."""
-    cfg, device = loaded.cfg, images.device
+    device = images.device
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            if cfg.train.channels_last and device.type != "mps":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast(device, cfg.train.precision):
-                loaded.model.encode_image(batch, normalize=True).float().cpu()  # (B, D)
+            encode_images(loaded.model, batch, loaded.encoding, device).cpu()  # (B, D)
 
 
 def embed_case(

@@ -43,7 +43,7 @@ from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.config import Config, load_config
 from stylequery.data import PreparedData, load_prepared
 from stylequery.evaluate import encode_split_images, evaluate_model
-from stylequery.train import backbone_features
+from stylequery.features import backbone_features
 
 NAME = "eval_speed"
 TEST_FRACTION = 0.9  # most products go to the test split, so a small catalogue reaches the size
@@ -70,15 +70,18 @@ def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict[s
     prepared, loaded, cfg = load_split(size, args, device)
     model = loaded.model
     queries = round(args.queries_per_image * len(prepared.split("test")))
-    features = backbone_features(model, prepared, "test", cfg, device)
+    enc = loaded.encoding
+    features = backbone_features(model, prepared, "test", enc, device, cfg.eval.batch_size)
     cases: dict[str, Callable[[], object]] = {
-        "total": lambda: evaluate_model(model, prepared, cfg, device, max_queries=queries),
-        "encode": lambda: encode_split_images(model, prepared, "test", cfg, device),
+        "total": lambda: evaluate_model(
+            model, prepared, cfg, device, max_queries=queries, encoding=enc
+        ),
+        "encode": lambda: encode_split_images(model, prepared, "test", cfg, enc, device),
         "rest": lambda: evaluate_model(
-            model, prepared, cfg, device, max_queries=queries, features=features
+            model, prepared, cfg, device, max_queries=queries, features=features, encoding=enc
         ),
     }
-    result = evaluate_model(model, prepared, cfg, device, max_queries=queries)  # warm-up
+    result = evaluate_model(model, prepared, cfg, device, max_queries=queries, encoding=enc)
     seconds = interleaved(
         {name: functools.partial(timed, case, device) for name, case in cases.items()},
         args.repeats,

@@ -45,15 +45,9 @@ from common import (
 )
 from stylequery import runtime
 from stylequery.config import Config, load_config
-from stylequery.data import PairDataset, PreparedData, load_prepared
-from stylequery.train import (
-    EpochSampler,
-    TrainState,
-    build_loaders,
-    build_state,
-    cache_backbone_features,
-    optimise,
-)
+from stylequery.data import EpochSampler, PairDataset, PreparedData, load_prepared
+from stylequery.features import cache_backbone_features
+from stylequery.train import TrainState, build_loaders, build_state, optimise
 
 NAME = "train_speed"
 SETTINGS = (

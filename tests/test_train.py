@@ -44,6 +44,8 @@ def test_run_folder_holds_config_metrics_curves_and_weights(
     assert {"optimizer", "scheduler", "rng", "scaler"} <= set(last["training"])
     best = load_checkpoint(run / "weights" / "best.pt")
     assert best["metrics"]["recall@10"] == pytest.approx(result.best_value)
+    assert best["training"] == {}  # weights for inference only: no optimiser, RNG or scaler
+    assert best["encoding"]["image_size"] == tiny_config.data.image_size
 
 
 def test_checkpoint_round_trip_gives_identical_embeddings(

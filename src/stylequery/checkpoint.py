@@ -21,6 +21,7 @@ from torch import nn
 
 from stylequery import __version__
 from stylequery.config import Config, config_from_dict, config_to_dict
+from stylequery.encode import Encoding
 from stylequery.errors import CheckpointError
 from stylequery.fileio import atomic_file
 
@@ -65,7 +66,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured (loaded onto any device)."""
+    state = {k: _to_cpu(v) for k, v in state.items()}
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -73,6 +75,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
 
 
 def save_checkpoint(
@@ -85,6 +95,7 @@ def save_checkpoint(
     iteration: int,
     training_state: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
+    encoding: Encoding | None = None,
 ) -> str:
     """Write a checkpoint atomically and return the model's fingerprint.
 
@@ -95,8 +106,10 @@ def save_checkpoint(
         cfg: The resolved config.
         vocab: Vocabulary tokens, index = token id.
         iteration: Iterations completed.
-        training_state: Optimiser, scheduler, scaler and RNG states for ``--resume``.
+        training_state: Optimiser, scheduler, scaler and RNG states for resuming (``last.pt``
+            only; ``best.pt`` is weights for inference).
         metrics: Latest validation metrics.
+        encoding: How the model encodes images (default: from ``cfg``'s data and train keys).
     """
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fp = fingerprint(weights)
@@ -106,6 +119,7 @@ def save_checkpoint(
         "fingerprint": fp,
         "iteration": iteration,
         "config": config_to_dict(cfg),
+        "encoding": (encoding or Encoding.from_config(cfg)).to_dict(),
         "vocab": list(vocab),
         "model": weights,
         "loss": {k: v.detach().cpu() for k, v in loss.state_dict().items()},
@@ -142,6 +156,14 @@ class LoadedModel:
     fingerprint: str
     path: Path
     iteration: int
+    encoding: Encoding
+
+
+def read_encoding(payload: dict[str, Any], cfg: Config, source: Path) -> Encoding:
+    """The checkpoint's encoding record; older checkpoints without one derive it from config."""
+    if "encoding" in payload:
+        return Encoding.from_dict(payload["encoding"], str(source))
+    return Encoding.from_config(cfg)
 
 
 def load_model(path: Path, device: torch.device) -> LoadedModel:
@@ -157,6 +179,8 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         raise CheckpointError(
             f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})"
         ) from None
+    encoding = read_encoding(payload, cfg, Path(path))
+    encoding.apply_to(model)
     model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -165,4 +189,5 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         fingerprint=payload["fingerprint"],
         path=Path(path),
         iteration=int(payload["iteration"]),
+        encoding=encoding,
     )

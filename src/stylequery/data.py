@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from stylequery.captions import (
     SiblingIndex,
@@ -43,6 +43,7 @@ from stylequery.queries import QUERY_FILE, read_prepared_queries
 from stylequery.vocab import Vocab, pad_batch
 
 __all__ = [
+    "EpochSampler",
     "ImageDataset",
     "Item",
     "PairDataset",
@@ -254,6 +255,28 @@ class ImageDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"image": self.images.get(index), "index": index}
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, sharded across ranks, able to skip finished batches."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world = rank, world
+        self.num_batches = (size // world) // batch_size
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)[self.rank :: self.world]
+        used = order[: self.num_batches * self.batch_size]
+        return iter(used[self.skip_batches * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.num_batches - self.skip_batches) * self.batch_size
 
 
 class PairDataset(Dataset[dict[str, Any]]):

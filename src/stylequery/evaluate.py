@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from stylequery.checkpoint import load_model
 from stylequery.config import Config, config_to_dict, load_config, replace
@@ -28,12 +27,11 @@ from stylequery.data import (
     load_prepared,
     modification_text,
 )
+from stylequery.encode import Encoding, encode_dataset, encode_images
 from stylequery.errors import DataError
 from stylequery.fileio import write_json
 from stylequery.metrics import first_hit_rank, recall_at_k, recall_by_group
 from stylequery.model import StyleQueryModel
-from stylequery.progress import progress_bar
-from stylequery.runtime import autocast
 from stylequery.vocab import Vocab, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -106,12 +104,12 @@ class EvalResult:
         return data
 
 
-@torch.no_grad()
 def encode_split_images(
     model: StyleQueryModel,
     prepared: PreparedData,
     split: str,
     cfg: Config,
+    encoding: Encoding,
     device: torch.device,
     features: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -120,28 +118,20 @@ def encode_split_images(
     ``features`` are cached backbone features (frozen-encoder mode); then only the projection runs.
     """
     if features is not None:
-        return model.project_image(features.to(device), normalize=False).float()  # (N, D)
-    items = prepared.split(split)
-    cache = prepared.image_cache(split, cfg.data.image_size) if cfg.data.use_image_cache else None
-    dataset = ImageDataset(items, prepared.root, cfg.data.image_size, cache=cache)
-    loader = DataLoader(
+        with torch.no_grad():
+            return encode_images(model, features, encoding, device, normalize=False)  # (N, D)
+    size = encoding.image_size
+    cache = prepared.image_cache(split, size) if cfg.data.use_image_cache else None
+    dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
+    return encode_dataset(
+        model,
         dataset,
+        encoding,
+        device,
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training) untouched
+        description=f"encode {split} images",
     )
-    chunks = []
-    with progress_bar(f"encode {split} images", total=len(dataset), log_every=30) as bar:
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            if cfg.train.channels_last and device.type != "mps":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.train.precision):
-                emb = model.encode_image(images, normalize=False)  # (B, D)
-            chunks.append(emb.float())
-            bar.advance(len(images))
-    return torch.cat(chunks)
 
 
 @torch.no_grad()
@@ -182,11 +172,14 @@ def evaluate_model(
     breakdown: bool = False,
     features: torch.Tensor | None = None,
     vocab: Vocab | None = None,
+    encoding: Encoding | None = None,
 ) -> EvalResult:
     """Run the protocol for an in-memory model (restores its train/eval mode afterwards).
 
-    ``vocab`` is the model's vocabulary (default: the prepared one it was trained with).
+    ``vocab`` is the model's vocabulary (default: the prepared one it was trained with);
+    ``encoding`` its image encoding (default: the one ``cfg`` trains with).
     """
+    encoding = encoding or Encoding.from_config(cfg)
     split = split or cfg.eval.split
     queries = select_queries(split_queries(prepared, split, cfg.data.seed), max_queries)
     if not queries:
@@ -194,7 +187,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        raw = encode_split_images(model, prepared, split, cfg, device, features)  # (N, D)
+        raw = encode_split_images(model, prepared, split, cfg, encoding, device, features)  # (N, D)
         items = prepared.split(split)
         texts = [
             modification_text(items[s].caption, items[t].caption, cfg.data.modification_template)
@@ -270,6 +263,7 @@ def evaluate(
         max_queries=cfg.eval.max_queries,
         breakdown=breakdown,
         vocab=Vocab(loaded.vocab),
+        encoding=loaded.encoding,
     )
     if out is not None:
         data = result.to_json()

@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.data import load_image, load_prepared
+from stylequery.encode import encode_images
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
 from stylequery.index import EmbeddingIndex, open_index
 from stylequery.progress import progress_bar
-from stylequery.runtime import autocast
 from stylequery.vocab import Vocab, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,8 @@ def _encode_paths(
     loaded: LoadedModel, paths: list[Path], device: torch.device, batch_size: int, workers: int
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Normalised embeddings of the readable images, their positions, and the skipped ones."""
-    cfg = loaded.cfg
     loader = DataLoader(
-        _GalleryImages(paths, cfg.data.image_size),
+        _GalleryImages(paths, loaded.encoding.image_size),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -147,15 +146,11 @@ def _encode_paths(
         for batch in loader:
             skipped += [(str(paths[i]), reason) for i, reason in batch["errors"]]
             if batch["images"] is not None:
-                images = batch["images"].to(device, non_blocking=True)
-                if cfg.train.channels_last and device.type != "mps":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast(device, cfg.train.precision):
-                    emb = loaded.model.encode_image(images, normalize=True)  # (B, D)
-                chunks.append(emb.float().cpu())
+                emb = encode_images(loaded.model, batch["images"], loaded.encoding, device)
+                chunks.append(emb.cpu())  # (B, D)
                 good += batch["indices"]
             bar.advance(len(batch["indices"]) + len(batch["errors"]))
-    dim = cfg.model.embed_dim
+    dim = loaded.cfg.model.embed_dim
     return (torch.cat(chunks) if chunks else torch.empty(0, dim)), good, skipped
 
 
@@ -239,10 +234,17 @@ class QueryEngine:
         return warnings
 
     @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embedding (1, D) of one uint8 image (3, S, S), encoded exactly as the gallery was."""
+        return encode_images(
+            self.loaded.model, image[None], self.loaded.encoding, self.device, normalize
+        )
+
+    @torch.no_grad()
     def encode(self, image: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Composed, normalised query (1, D): each text applied to the previous composition."""
         model = self.loaded.model
-        query = model.encode_image(image[None].to(self.device), normalize=False)  # (1, D)
+        query = self.encode_image(image, normalize=False)  # (1, D)
         for text in texts:
             tokens, lengths = pad_batch([self.vocab.encode(text)])
             words = model.encode_text(tokens.to(self.device), lengths.to(self.device))  # (1, D)
@@ -254,7 +256,7 @@ class QueryEngine:
     ) -> QueryResult:
         """Top-k gallery images for an image plus changes (the image itself is left out)."""
         texts = self.texts_for(changes, text)
-        image = load_image(image_path, self.loaded.cfg.data.image_size)
+        image = load_image(image_path, self.loaded.encoding.image_size)
         own = self.index.find(str(Path(image_path).resolve()))
         scores, ids = self.index.search(self.encode(image, texts).numpy(), k, exclude=[own])
         source_caption = self.index.items([own])[0][1] if own >= 0 else None

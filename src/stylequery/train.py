@@ -10,20 +10,18 @@ and saves.
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from stylequery import runtime
 from stylequery.checkpoint import (
@@ -34,10 +32,13 @@ from stylequery.checkpoint import (
     set_rng_state,
 )
 from stylequery.config import Config, dump_config
-from stylequery.data import ImageDataset, PairDataset, PreparedData, collate_pairs, load_prepared
+from stylequery.data import EpochSampler, PairDataset, PreparedData, collate_pairs, load_prepared
+from stylequery.encode import Encoding, encode_images
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.evaluate import evaluate_model, resolve_prepared_dir
-from stylequery.fileio import atomic_file, exclusive_lock
+from stylequery.features import cache_backbone_features
+from stylequery.fileio import exclusive_lock
+from stylequery.history import read_metrics_csv, write_metrics_csv
 from stylequery.loss import build_loss, gather_with_grad
 from stylequery.model import StyleQueryModel, build_model
 from stylequery.progress import progress_bar
@@ -65,39 +66,16 @@ class TrainResult:
     seconds: float
 
 
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch, sharded across ranks, able to skip finished batches."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world = rank, world
-        self.num_batches = (size // world) // batch_size
-        self.epoch, self.skip_batches = 0, 0
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip_batches = epoch, skip_batches
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)[self.rank :: self.world]
-        used = order[: self.num_batches * self.batch_size]
-        return iter(used[self.skip_batches * self.batch_size :].tolist())
-
-    def __len__(self) -> int:
-        return (self.num_batches - self.skip_batches) * self.batch_size
-
-
 class TrainingStep(nn.Module):
     """The whole differentiable step in one ``forward``, so DDP synchronises every gradient
     (the loss's learnable scale included) and in-batch negatives come from all ranks."""
 
     def __init__(
-        self, model: StyleQueryModel, loss_fn: nn.Module, cfg: Config, device: torch.device
+        self, model: StyleQueryModel, loss_fn: nn.Module, encoding: Encoding, device: torch.device
     ):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
-        self.precision, self.device = cfg.train.precision, device
-        self.channels_last = cfg.train.channels_last and device.type != "mps"
+        self.encoding, self.device = encoding, device
 
     def forward(
         self,
@@ -113,21 +91,15 @@ class TrainingStep(nn.Module):
             target: Target images or features, like ``source``.
             tokens: Modification text ids (B, L); lengths (B,).
         """
-        with runtime.autocast(self.device, self.precision):
-            src = self._embed(source)  # (B, D)
-            tgt = self._embed(target)  # (B, D)
+        enc, device = self.encoding, self.device
+        with runtime.autocast(device, enc.precision):
+            src = encode_images(self.model, source, enc, device, normalize=False)  # (B, D)
+            tgt = encode_images(self.model, target, enc, device, normalize=False)  # (B, D)
             text = self.model.encode_text(tokens, lengths)  # (B, D)
             query = self.model.compose(src, text, normalize=False)  # (B, D)
         targets = gather_with_grad(tgt.float())  # (world * B, D)
         positives = torch.arange(len(query), device=query.device) + runtime.rank() * len(query)
         return self.loss_fn(query.float(), targets, positives)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8:
-            return self.model.project_image(x, normalize=False)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model.encode_image(x, normalize=False)
 
 
 @dataclass
@@ -187,9 +159,9 @@ def build_loaders(
 def build_state(cfg: Config, vocab_size: int, device: torch.device) -> TrainState:
     """Model, loss, optimiser (backbone at ``backbone_lr_mult`` when pretrained) and schedule."""
     runtime.seed_everything(cfg.train.seed)
+    encoding = Encoding.from_config(cfg)
     model = build_model(cfg.model, vocab_size).to(device)
-    if cfg.train.channels_last and device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=encoding.memory_format(device))
     loss_fn = build_loss(cfg.train.loss, cfg.train.loss_scale).to(device)
     mult = cfg.train.backbone_lr_mult if cfg.model.pretrained != "none" else 1.0
     trainable = lambda params: [p for p in params if p.requires_grad]  # noqa: E731
@@ -213,7 +185,7 @@ def build_state(cfg: Config, vocab_size: int, device: torch.device) -> TrainStat
         gamma=cfg.train.lr_decay_factor if decay_every else 1.0,
     )
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
-    step: nn.Module = TrainingStep(model, loss_fn, cfg, device)
+    step: nn.Module = TrainingStep(model, loss_fn, encoding, device)
     if runtime.is_distributed():
         step = nn.parallel.DistributedDataParallel(
             step, device_ids=[device.index] if device.type == "cuda" else None
@@ -299,32 +271,6 @@ def record(state: TrainState, ctx: RunContext, **values: float) -> None:
         write_metrics_csv(ctx.run_dir / "metrics.csv", state.history, ctx.cfg.eval.ks)
 
 
-def write_metrics_csv(path: Path, rows: list[dict[str, float]], ks: list[int]) -> None:
-    """Rewrite ``metrics.csv`` atomically with a fixed header (empty cells where unknown)."""
-    header = ["iteration", "epoch", "loss", "lr", "images_per_s"] + [f"recall@{k}" for k in ks]
-    with atomic_file(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(k, row[k]) for k in header if k in row})
-
-
-def _cell(key: str, value: float) -> str:
-    return str(int(value)) if key == "iteration" else f"{value:.6g}"
-
-
-def read_metrics_csv(path: Path, upto: int) -> list[dict[str, float]]:
-    """Rows of an earlier ``metrics.csv`` up to iteration ``upto`` (for resume)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(handle)
-        ]
-    return [r for r in rows if r.get("iteration", math.inf) <= upto]
-
-
 def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
     """Run the test protocol (rank 0), log it, and keep ``best.pt`` by ``train.best_metric``."""
     metrics: dict[str, float] = {}
@@ -335,7 +281,7 @@ def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
             ctx.cfg,
             ctx.device,
             max_queries=ctx.cfg.train.eval_max_queries,
-            features=state.features.get("test"),
+            features=state.features.get(ctx.cfg.eval.split),
         )
         metrics = result.metrics
         record(state, ctx, **metrics)
@@ -351,25 +297,32 @@ def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
         value = metrics[ctx.cfg.train.best_metric]
         if value > state.best_value:
             state.best_value = value
-            save_state(state, ctx, checkpoint_paths(ctx.run_dir)[1], metrics)
+            save_state(state, ctx, checkpoint_paths(ctx.run_dir)[1], metrics, resumable=False)
         plot_curves(state.history, ctx.run_dir / "curves.png")
     runtime.barrier()
     return metrics
 
 
 def save_state(
-    state: TrainState, ctx: RunContext, path: Path, metrics: dict[str, float] | None = None
+    state: TrainState,
+    ctx: RunContext,
+    path: Path,
+    metrics: dict[str, float] | None = None,
+    resumable: bool = True,
 ) -> str:
-    """Save a full checkpoint (weights + resume state) from rank 0."""
+    """Save a checkpoint from rank 0: weights, plus the resume state when ``resumable``
+    (``last.pt``; ``best.pt`` serves inference and carries no optimiser or RNG state)."""
     if not runtime.is_main_process():
         return ""
-    training = {
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "rng": rng_state(),
-        "best_value": state.best_value,
-    }
+    training = None
+    if resumable:
+        training = {
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "rng": rng_state(),
+            "best_value": state.best_value,
+        }
     return save_checkpoint(
         path,
         model=state.model,
@@ -390,73 +343,16 @@ def restore_state(state: TrainState, path: Path, ctx: RunContext) -> None:
     state.model.load_state_dict(payload["model"])
     state.loss_fn.load_state_dict(payload["loss"])
     training = payload["training"]
+    if not training:
+        raise StyleQueryError(f"{path}: holds weights only, no training state to resume from")
     state.optimizer.load_state_dict(training["optimizer"])
     state.scheduler.load_state_dict(training["scheduler"])
     state.scaler.load_state_dict(training["scaler"])
-    set_rng_state({k: _to_cpu(v) for k, v in training["rng"].items()})
+    set_rng_state(training["rng"])
     state.iteration = int(payload["iteration"])
     state.best_value = float(training["best_value"])
     state.history = read_metrics_csv(ctx.run_dir / "metrics.csv", state.iteration)
     logger.info("resumed %s at iteration %d", path, state.iteration)
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    return value
-
-
-@torch.no_grad()
-def cache_backbone_features(
-    model: StyleQueryModel, prepared: PreparedData, cfg: Config, device: torch.device, run_dir: Path
-) -> dict[str, torch.Tensor]:
-    """Backbone features of every train and test image, computed once and kept in the run
-    folder (``features/``), keyed by the backbone's fingerprint."""
-    key = fingerprint(dict(model.image_encoder.state_dict()))[:16]
-    features = {}
-    for split in ("train", cfg.eval.split):
-        path = run_dir / "features" / f"{split}_{cfg.data.image_size}_{key}.pt"
-        if path.is_file():
-            features[split] = torch.load(path, weights_only=True)
-            continue
-        if runtime.is_main_process():
-            features[split] = backbone_features(model, prepared, split, cfg, device)
-            with atomic_file(path) as tmp:
-                torch.save(features[split], tmp)
-        runtime.barrier()
-        if split not in features:
-            features[split] = torch.load(path, weights_only=True)
-    return {k: v.to(device) for k, v in features.items()}
-
-
-def backbone_features(
-    model: StyleQueryModel, prepared: PreparedData, split: str, cfg: Config, device: torch.device
-) -> torch.Tensor:
-    """Backbone features (N, F) of every image of a split, on the CPU (computed in eval mode;
-    the model's train/eval mode is restored afterwards)."""
-    items = prepared.split(split)
-    cache = prepared.image_cache(split, cfg.data.image_size) if cfg.data.use_image_cache else None
-    loader = DataLoader(
-        ImageDataset(items, prepared.root, cfg.data.image_size, cache=cache),
-        batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(0),
-    )
-    was_training = model.training
-    model.eval()
-    out = []
-    with progress_bar(f"cache {split} features", total=len(items), log_every=30) as bar:
-        for batch in loader:
-            images = batch["image"].to(device)
-            if cfg.train.channels_last and device.type != "mps":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast(device, cfg.train.precision):
-                out.append(model.image_features(images).float().cpu())  # (B, F)
-            bar.advance(len(images))
-    model.train(was_training)
-    return torch.cat(out)
 
 
 def train(cfg: Config, run_dir: Path, device: torch.device, resume: bool = False) -> TrainResult:
@@ -506,11 +402,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, resume: bool) -> Tr
         state.features = cache_backbone_features(state.model, prepared, cfg, device, run_dir)
     logger.info(
         "training %d iterations (%d per epoch, %d pairs) on %s into %s",
-        total,
-        steps,
-        len(dataset),
-        device,
-        run_dir,
+        *(total, steps, len(dataset), device, run_dir),
     )
     with progress_bar("train", total=total, enabled=runtime.is_main_process()) as bar:
         bar.completed = state.iteration
@@ -522,13 +414,5 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, resume: bool) -> Tr
     runtime.broadcast_buffers(state.model)  # each rank updated its own BatchNorm statistics
     metrics = validate(state, ctx)
     fp = save_state(state, ctx, last, metrics) or fingerprint(state.model.state_dict())
-    return TrainResult(
-        run_dir,
-        last,
-        best,
-        state.iteration,
-        state.best_value,
-        metrics,
-        fp,
-        time.perf_counter() - start,
-    )
+    seconds = time.perf_counter() - start
+    return TrainResult(run_dir, last, best, state.iteration, state.best_value, metrics, fp, seconds)

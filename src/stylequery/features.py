@@ -1,0 +1,80 @@
+"""The frozen-encoder feature cache: backbone features of every image, computed once per run.
+
+With ``model.freeze_image_encoder`` the CNN never changes, so its pooled features are computed
+once, kept in the run folder (``features/``, keyed by the backbone's fingerprint) and fed to the
+projection in place of images by training and validation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from stylequery import runtime
+from stylequery.checkpoint import fingerprint
+from stylequery.config import Config
+from stylequery.data import ImageDataset, PreparedData
+from stylequery.encode import Encoding, encode_dataset
+from stylequery.fileio import atomic_file
+from stylequery.model import StyleQueryModel
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def cache_backbone_features(
+    model: StyleQueryModel, prepared: PreparedData, cfg: Config, device: torch.device, run_dir: Path
+) -> dict[str, torch.Tensor]:
+    """Backbone features (N, F) of every train and evaluation image, on ``device``: computed on
+    rank 0 the first time, read from ``run_dir/features/`` afterwards (and by the other ranks)."""
+    encoding = Encoding.from_config(cfg)
+    key = fingerprint(dict(model.image_encoder.state_dict()))[:16]
+    features = {}
+    for split in dict.fromkeys(["train", cfg.eval.split]):
+        path = run_dir / "features" / f"{split}_{encoding.image_size}_{key}.pt"
+        if not path.is_file() and runtime.is_main_process():
+            features[split] = backbone_features(
+                model,
+                prepared,
+                split,
+                encoding,
+                device,
+                cfg.eval.batch_size,
+                cfg.data.num_workers,
+                cfg.data.use_image_cache,
+            )
+            with atomic_file(path) as tmp:
+                torch.save(features[split], tmp)
+        runtime.barrier()
+        if split not in features:
+            features[split] = torch.load(path, weights_only=True)
+    return {k: v.to(device) for k, v in features.items()}
+
+
+def backbone_features(
+    model: StyleQueryModel,
+    prepared: PreparedData,
+    split: str,
+    encoding: Encoding,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int = 0,
+    use_image_cache: bool = True,
+) -> torch.Tensor:
+    """Backbone features (N, F) of every image of a split, on the CPU (computed in eval mode;
+    the model's train/eval mode is restored afterwards)."""
+    size = encoding.image_size
+    cache = prepared.image_cache(split, size) if use_image_cache else None
+    dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
+    return encode_dataset(
+        model,
+        dataset,
+        encoding,
+        device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        description=f"cache {split} features",
+        features=True,
+    )
