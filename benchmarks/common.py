@@ -40,10 +40,7 @@ WORK_DIR = Path(tempfile.gettempdir()) / "stylequery-bench"
 SHAPES: dict[str, tuple[str | None, list[str]]] = {
     "cpu": ("cpu.yaml", []),  # 64 px, D=256, tirg, frozen ResNet18
     "reference": ("p100.yaml", ["model.pretrained=none"]),  # 224 px, D=512, concat
-    "tiny": (
-        None,
-        ["data.image_size=32", "model.embed_dim=16", "model.word_dim=16", "model.text_hidden=16"],
-    ),
+    "tiny": ("tiny.yaml", []),  # 32 px, D=16: the tests' config
 }
 QUERY_WORDS = ["<UNK>", "black", "blue", "green", "grey", "jeans", "pants", "white"]
 # Taken when a script starts (imports this module), before it loads the machine itself.

@@ -50,6 +50,7 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_benchmark_runs_at_a_tiny_size_and_writes_json(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"

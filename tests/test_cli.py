@@ -1,262 +1,101 @@
 """The CLI end to end through CliRunner: synth -> prepare -> train -> evaluate -> embed -> query,
-and the one-line errors a person sees for bad input."""
+run the way a person does (from a working folder, relying on the newest-run defaults), and
+resuming runs."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from stylequery.cli import app
-
-runner = CliRunner()
-
-TINY = [
-    "--set", "data.image_size=32", "--set", "model.embed_dim=16", "--set", "model.word_dim=16",
-    "--set", "model.text_hidden=16", "--set", "train.batch_size=8", "--set", "data.num_workers=0",
-    "--set", "train.eval_every=0",
-]  # fmt: skip
-
-
-def _ok(args: list[str]) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, f"{args}: {result.output}"
-    return result.stdout
-
-
-def _fails(args: list[str], *needles: str) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 1, f"{args}: exit {result.exit_code}: {result.output}"
-    message = result.stderr.strip()
-    assert "Traceback" not in result.output
-    assert len(message.splitlines()) == 1, message
-    for needle in needles:
-        assert needle in message, message
-    return message
+if TYPE_CHECKING:
+    from conftest import Cli
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder where the whole pipeline has run once through the CLI."""
+def workdir(tmp_path_factory: pytest.TempPathFactory, cli: Cli) -> Iterator[Path]:
+    """A working folder where synth, prepare and train have run once through the CLI."""
     work = tmp_path_factory.mktemp("cli")
-    cat = work / "cat"
-    _ok(["synth", str(cat), "--products", "40", "--image-size", "32", "--seed", "3"])
-    _ok(["prepare", "--root", str(cat), "--image-cache", "32"])
-    _ok(
-        [
-            "train",
-            "--set",
-            f"data.root={cat}",
-            *TINY,
-            "--out",
-            str(work / "runs"),
-            "train.iterations=4",
-            "train.name=tiny",
-        ]
-    )
-    return work
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        cli.ok("synth", "cat", "--products", "40", "--image-size", "32", "--seed", "3")
+        cli.ok("prepare", "data.root=cat", "--image-cache", "32")
+        cli.ok("train", "--config", "tiny.yaml", "--set", "data.root=cat", "train.name=tiny")
+        yield work
+
+
+@pytest.fixture
+def in_workdir(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(workdir)
+    return workdir
 
 
 def test_pipeline_writes_every_artefact(workdir: Path) -> None:
-    cat, run = workdir / "cat", workdir / "runs" / "tiny"
+    cat, run = workdir / "cat", workdir / "runs" / "train" / "tiny"
     assert (cat / "labels" / "pants_train_detect_all.txt").is_file()
     manifest = json.loads((cat / "prepared" / "pants" / "manifest.json").read_text())
-    assert manifest
+    assert manifest["counts"]["train"]["images"] > 0
+    assert manifest["image_cache"]["files"]["train"] == "cache_train_32.npy"
     for name in ("config.yaml", "metrics.csv", "curves.png", "weights/last.pt", "weights/best.pt"):
         assert (run / name).is_file(), name
 
 
-def test_evaluate_embed_query(workdir: Path, tmp_path: Path) -> None:
-    run = workdir / "runs" / "tiny"
-    best = run / "weights" / "best.pt"
-    _ok(["evaluate", str(best), "--device", "cpu", "--breakdown"])
+def test_evaluate_embed_query_use_the_newest_run(in_workdir: Path, cli: Cli) -> None:
+    run = in_workdir / "runs" / "train" / "tiny"
+    result = cli.ok("evaluate", "--device", "cpu", "--breakdown")
+    assert f"using {Path('runs/train/tiny/weights/best.pt')}" in result.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert {f"recall@{k}" for k in (1, 5, 10, 50, 100)} <= set(metrics)
-    assert metrics["num_queries"] > 0 and metrics["gallery_size"] > 0
-    _ok(
-        [
-            "embed",
-            str(workdir / "cat" / "prepared" / "pants"),
-            "--checkpoint",
-            str(best),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-        ]
-    )
-    assert (run / "index" / "index.json").is_file()
-    image = next((workdir / "cat" / "women").rglob("*.jpeg"))
-    sheet = tmp_path / "results.png"
-    out = _ok(
-        [
-            "query",
-            str(image),
-            "--change",
-            "black:green",
-            "--checkpoint",
-            str(best),
-            "--k",
-            "5",
-            "--json",
-            "--save",
-            str(sheet),
-            "--device",
-            "cpu",
-        ]
-    )
-    data = json.loads(out)
-    assert set(data) == {
-        "image",
-        "texts",
-        "source_caption",
-        "target_caption",
-        "warnings",
-        "results",
+    assert metrics["num_queries"] > 0 and metrics["breakdown_counts"]
+    assert "recall@10" in result.stdout and "colour words" in result.stdout
+
+    embedded = cli.json("embed", "cat/prepared/pants", "--device", "cpu", "data.num_workers=0")
+    assert Path(embedded["index_dir"]) == Path("runs/train/tiny/index")
+    assert embedded["added"] == embedded["total"] == metrics["gallery_size"]
+
+    image = next((in_workdir / "cat" / "women").rglob("*.jpeg"))
+    out = cli.json("query", image, "--change", "black:green", "-k", "5", "--save", "sheet.png")
+    (answer,) = out["queries"]
+    assert set(answer) == {"image", "texts", "source_caption", "target_caption", "warnings"} | {
+        "results"
     }
-    assert data["texts"] == ["change black to green"]
-    assert len(data["results"]) == 5
-    assert set(data["results"][0]) == {"rank", "score", "path", "caption", "hit"}
-    scores = [r["score"] for r in data["results"]]
+    assert answer["texts"] == ["change black to green"]
+    assert len(answer["results"]) == 5
+    scores = [r["score"] for r in answer["results"]]
     assert scores == sorted(scores, reverse=True)
-    with Image.open(sheet) as png:
+    with Image.open(in_workdir / "sheet.png") as png:
         assert png.format == "PNG"
 
 
-def test_query_uses_the_newest_run_by_default(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _ensure_index(workdir)
-    (workdir / "runs_home" / "runs").mkdir(parents=True, exist_ok=True)
-    link = workdir / "runs_home" / "runs" / "train"
-    if not link.exists():
-        link.symlink_to(workdir / "runs")
-    monkeypatch.chdir(workdir / "runs_home")
-    image = next((workdir / "cat" / "women").rglob("*.jpeg"))
-    out = _ok(["query", str(image), "--change", "black:green", "--device", "cpu"])
-    assert "using" in out and "best.pt" in out
-
-
-def test_query_without_any_run_says_what_to_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    image = tmp_path / "x.png"
-    Image.new("RGB", (8, 8)).save(image)
-    _fails(["query", str(image), "--change", "black:green"], "stylequery train")
-
-
-def test_bad_inputs_are_one_line_errors(workdir: Path, tmp_path: Path) -> None:
-    best = str(workdir / "runs" / "tiny" / "weights" / "best.pt")
-    image = str(next((workdir / "cat" / "women").rglob("*.jpeg")))
-    _fails(
-        ["query", str(tmp_path / "missing.jpeg"), "--change", "a:b", "--checkpoint", best],
-        "missing.jpeg",
+def test_train_resume_continues_the_newest_or_the_named_run(in_workdir: Path, cli: Cli) -> None:
+    first = cli.json(
+        "train", "--config", "tiny.yaml", "data.root=cat", "train.name=again", "train.iterations=2"
     )
-    _fails(["query", image, "--change", "black-green", "--checkpoint", best], "FROM:TO")
-    corrupt = tmp_path / "corrupt.jpeg"
-    corrupt.write_bytes(b"not a jpeg at all")
-    index = workdir / "runs" / "tiny" / "index"
-    if (index / "index.json").is_file():
-        _fails(
-            [
-                "query",
-                str(corrupt),
-                "--change",
-                "black:green",
-                "--checkpoint",
-                best,
-                "--device",
-                "cpu",
-            ],
-            "corrupt.jpeg",
-        )
-    _fails(["prepare", "--root", str(tmp_path / "nowhere")], "labels")
-    _fails(["train", "train.nonsense=1"], "train.nonsense")
-    _fails(["evaluate", str(tmp_path / "nope.pt")], "nope.pt")
-    _fails(
-        [
-            "train",
-            "--set",
-            f"data.root={workdir / 'cat'}",
-            *TINY,
-            "train.iterations=1",
-            "--device",
-            "cuda:7",
-        ]
-        if not _has_cuda()
-        else ["train", "train.lr=abc"],
-        "",
+    assert first["iterations"] == 2
+    resumed = cli.json("train", "--resume", "train.iterations=3")  # the newest run: again
+    assert Path(resumed["run_dir"]) == Path(first["run_dir"])
+    assert resumed["iterations"] == 3
+    named = cli.json("train", "--resume", "runs/train/tiny/weights/last.pt", "train.iterations=5")
+    assert Path(named["run_dir"]) == Path("runs/train/tiny") and named["iterations"] == 5
+
+
+def test_train_json_describes_the_run(in_workdir: Path, cli: Cli) -> None:
+    data = cli.json(
+        "train", "--config", "tiny.yaml", "data.root=cat", "train.name=json", "train.iterations=1"
     )
+    assert {"run_dir", "last", "best", "iterations", "metrics", "fingerprint"} <= set(data)
+    assert Path(data["best"]).is_file() and "recall@10" in data["metrics"]
 
 
-def test_index_from_another_checkpoint_is_a_one_line_error(workdir: Path) -> None:
-    run = workdir / "runs" / "tiny"
-    index = run / "index"
-    _ensure_index(workdir)
-    _ok(
-        [
-            "train",
-            "--set",
-            f"data.root={workdir / 'cat'}",
-            *TINY,
-            "--out",
-            str(workdir / "runs"),
-            "train.iterations=1",
-            "train.name=other",
-            "train.seed=5",
-        ]
-    )
-    image = str(next((workdir / "cat" / "women").rglob("*.jpeg")))
-    other = str(workdir / "runs" / "other" / "weights" / "best.pt")
-    _fails(
-        [
-            "query",
-            image,
-            "--change",
-            "black:green",
-            "--checkpoint",
-            other,
-            "--index",
-            str(index),
-            "--device",
-            "cpu",
-        ],
-        "stylequery embed",
-    )
-
-
-def _ensure_index(workdir: Path) -> None:
-    """Embed the tiny run's test split once (tests may run in any order)."""
-    run = workdir / "runs" / "tiny"
-    if not (run / "index" / "index.json").is_file():
-        embed = [
-            "embed",
-            str(workdir / "cat" / "prepared" / "pants"),
-            "--checkpoint",
-            str(run / "weights" / "best.pt"),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-        ]
-        _ok(embed)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def test_help_does_not_import_torch() -> None:
-    code = "import sys, stylequery.cli; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-    for command in ("", "train", "query", "prepare", "evaluate", "embed", "synth", "demo"):
-        result = runner.invoke(app, [*command.split(), "--help"])
-        assert result.exit_code == 0
+def test_train_errors_are_one_line(in_workdir: Path, cli: Cli, tmp_path: Path) -> None:
+    cli.fails("train", "train.nonsense=1", needle="train.nonsense")
+    cli.fails("train", "train.lr=abc", needle="train.lr")
+    cli.fails("train", "stray", needle="'stray' is not of the form section.key=value")
+    cli.fails("train", "--device", "cuda:7", "data.root=cat", needle="cuda:7")
+    cli.fails("train", "--device", "tpu", needle="unknown device 'tpu'")
+    cli.fails("train", "--resume", "nowhere", needle="no config.yaml in nowhere")
+    cli.fails("train", "--resume", "--out", tmp_path, needle="stylequery train")

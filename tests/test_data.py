@@ -7,7 +7,6 @@ import hashlib
 import json
 import pickle
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -508,12 +507,10 @@ def test_parsing_siblings_and_queries_scale_to_the_real_pants_subset(tmp_path: P
         lines.append(f"women/pants/skinny_pants/{i}/{i}_0.jpeg\t0.9\t{' '.join(words)}\n")
     path = tmp_path / "labels.txt"
     path.write_text("".join(lines), encoding="utf-8")
-    start = time.perf_counter()
     rows = read_label_file(path)
     index = SiblingIndex.build([r.caption for r in rows])
     queries = sample_queries(index, 0)
     Vocab.build(index.captions)
-    assert time.perf_counter() - start < 3.0
     assert len(rows) == 31_644 and len(queries) > 20_000
 
 

@@ -5,47 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-from stylequery.checkpoint import save_checkpoint
-from stylequery.config import load_config
+from stylequery.config import Config, load_config
 from stylequery.data import PreparedData, caption_difference, load_prepared
 from stylequery.evaluate import evaluate, evaluate_model, select_queries
-from stylequery.loss import build_loss
-from stylequery.model import build_model
 
 CPU = torch.device("cpu")
-TINY = [
-    "data.image_size=32",
-    "model.embed_dim=16",
-    "model.word_dim=16",
-    "model.text_hidden=16",
-    "data.num_workers=0",
-    "eval.batch_size=16",
-]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(None, [*TINY, f"data.prepared_dir={tiny_prepared}"])
-    vocab = list(load_prepared(tiny_prepared).vocab.tokens)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("eval") / "model.pt"
-    save_checkpoint(
-        path,
-        model=build_model(cfg.model, len(vocab)),
-        loss=build_loss("batch_classification", 4.0),
-        cfg=cfg,
-        vocab=vocab,
-        iteration=0,
-    )
-    return path
-
-
-def test_evaluate_is_deterministic_and_writes_metrics(checkpoint: Path, tmp_path: Path) -> None:
-    first = evaluate(checkpoint, CPU, out=tmp_path / "a.json", breakdown=True)
-    second = evaluate(checkpoint, CPU, out=tmp_path / "b.json", breakdown=True)
+def test_evaluate_is_deterministic_and_writes_metrics(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    first = evaluate(tiny_checkpoint, CPU, out=tmp_path / "a.json", breakdown=True)
+    second = evaluate(tiny_checkpoint, CPU, out=tmp_path / "b.json", breakdown=True)
     assert first.metrics == second.metrics
     data = json.loads((tmp_path / "a.json").read_text())
     assert [k for k in data if k.startswith("recall@")] == [
@@ -65,15 +38,15 @@ def test_evaluate_is_deterministic_and_writes_metrics(checkpoint: Path, tmp_path
     assert recalls == sorted(recalls)  # recall@K never falls as K grows
 
 
-def test_gallery_is_the_whole_split(checkpoint: Path, tiny_prepared: Path) -> None:
-    result = evaluate(checkpoint, CPU)
+def test_gallery_is_the_whole_split(tiny_checkpoint: Path, tiny_prepared: Path) -> None:
+    result = evaluate(tiny_checkpoint, CPU)
     prepared = load_prepared(tiny_prepared)
     assert result.gallery_size == len(prepared.split("test"))
     assert result.num_queries == len(prepared.queries)
 
 
-def test_train_split_and_query_cap(checkpoint: Path, tiny_prepared: Path) -> None:
-    result = evaluate(checkpoint, CPU, overrides=["eval.split=train", "eval.max_queries=5"])
+def test_train_split_and_query_cap(tiny_checkpoint: Path, tiny_prepared: Path) -> None:
+    result = evaluate(tiny_checkpoint, CPU, overrides=["eval.split=train", "eval.max_queries=5"])
     assert result.split == "train" and result.num_queries == 5
     assert result.gallery_size == len(load_prepared(tiny_prepared).split("train"))
 
@@ -84,10 +57,10 @@ def test_select_queries_spreads_evenly() -> None:
     assert select_queries(queries, 3) == [(0, 1), (4, 5), (9, 10)]
 
 
-def test_a_perfect_model_scores_full_recall(tiny_prepared: Path) -> None:
+def test_a_perfect_model_scores_full_recall(tiny_prepared: Path, tiny_config: Config) -> None:
     """An oracle whose query lands exactly on the target caption's images gets recall 1."""
     prepared = load_prepared(tiny_prepared)
-    cfg = load_config(None, [*TINY, "eval.ks=[1,10]"])
+    cfg = load_config(None, ["eval.ks=[1,10]"], base=tiny_config)
     oracle = _CaptionOracle(prepared)
     result = evaluate_model(oracle, prepared, cfg, CPU, features=oracle.features)
     assert result.metrics == {"recall@1": 1.0, "recall@10": 1.0}

@@ -163,6 +163,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: Config, run_dir: Path, ou
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_on_gloo_keeps_ranks_identical(tiny_config: Config, tmp_path: Path) -> None:
     cfg = _with(tiny_config, "train.iterations=3", "train.eval_every=0", "train.batch_size=4")
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, tmp_path / "run", tmp_path), nprocs=2)

@@ -1,10 +1,12 @@
 """The ``stylequery`` command line: one short function per command over the library.
 
-torch is imported inside commands, so ``stylequery --help`` answers instantly.
+Results go to stdout (a table, or one JSON document with ``--json``); logs and progress go to
+stderr. torch is imported inside commands, so ``stylequery --help`` answers instantly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -14,8 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from stylequery.config import Config, load_config
 from stylequery.errors import StyleQueryError
@@ -24,10 +26,10 @@ app = typer.Typer(
     help="Composed image retrieval for fashion: a product photo plus a change in words.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,9 +39,18 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+    typer.Option("--set", help="Override a setting: section.key=value (repeatable)."),
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Settings as section.key=value, e.g. train.lr=0.005.", show_default=False),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, N (for cuda:N) or mps.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(help="Checkpoint (.pt) or export folder (default: the newest run's best.pt)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
@@ -54,9 +65,7 @@ def command(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except StyleQueryError as exc:
-            err_console.print(
-                f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True
-            )
+            err_console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -66,19 +75,65 @@ def command(func: F) -> F:
     return func
 
 
-def _config(
-    config: str | None, overrides: list[str] | None, extra: list[str] | None = None
-) -> Config:
-    return load_config(config, list(overrides or []) + list(extra or []))
+def _show_version(value: bool) -> None:
+    if value:
+        from stylequery import __version__
+
+        sys.stdout.write(f"stylequery {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Composed image retrieval for fashion: a product photo plus a change in words."""
+
+
+def _settings(config: str | None, set_: list[str] | None, overrides: list[str] | None) -> Config:
+    """Defaults < the YAML file < ``--set`` < trailing ``key=value`` settings."""
+    return load_config(config, [*(set_ or []), *(overrides or [])])
+
+
+def _print_json(data: Any) -> None:
+    """One JSON document on stdout: dataclasses become objects, paths strings."""
+    if hasattr(data, "to_json"):
+        data = data.to_json()
+    elif dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = dataclasses.asdict(data)
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=Text(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(Text(key), Text(value))
     console.print(table)
+
+
+def _say(message: str) -> None:
+    """A note for the person at the terminal, on stderr, printed literally."""
+    err_console.print(Text(message), soft_wrap=True)
+
+
+@command
+def config(
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the resolved settings as YAML, each key with its help."""
+    from stylequery.config import config_yaml
+
+    sys.stdout.write(config_yaml(_settings(config, set_, overrides)))
 
 
 @command
@@ -89,6 +144,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     queries: Annotated[bool, typer.Option(help="Also write test_queries.txt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing catalogue.")] = False,
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a synthetic catalogue of trousers and jeans in the exact Fashion200k layout."""
@@ -102,105 +158,88 @@ def synth(
         with_queries=queries,
         overwrite=overwrite,
     )
+    if as_json:
+        return _print_json(summary)
     _print_rows(f"synthetic catalogue: {out}", summary.rows())
-    console.print(f"next: stylequery prepare --root {out}")
+    console.print(Text(f"next: stylequery prepare data.root={out}"))
 
 
 @command
 def prepare(
-    root: Annotated[
-        Path | None, typer.Option(help="Catalogue root (holds labels/ and women/).")
-    ] = None,
-    category: Annotated[
-        list[str] | None, typer.Option(help="Category (repeatable), or 'all'.")
-    ] = None,
-    subcategory: Annotated[
-        list[str] | None, typer.Option(help="Keep only these subcategories.")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Prepared folder (default: ROOT/prepared/SUBSET).")
-    ] = None,
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     strict: Annotated[
         bool, typer.Option(help="Missing or unreadable images are an error.")
     ] = False,
     image_cache: Annotated[
         int | None, typer.Option(help="Also cache every image as SIZE x SIZE uint8.")
     ] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Parse Fashion200k labels into splits, training pairs, test queries and a vocabulary."""
+    """Parse Fashion200k labels into splits, training pairs, test queries and a vocabulary.
+
+    The catalogue is data.root; the prepared folder data.prepared_dir (default:
+    ROOT/prepared/SUBSET); data.categories=[all] takes every category.
+    """
     from stylequery.data import prepare as prepare_data
 
-    extra = [f"data.root={root}"] if root else []
-    extra += [f"data.categories={json.dumps(category)}"] if category else []
-    extra += [f"data.subcategories={json.dumps(subcategory)}"] if subcategory else []
-    cfg = _config(config, set_, extra)
-    summary = prepare_data(cfg.data, out, strict=strict, image_cache=image_cache)
+    cfg = _settings(config, set_, overrides)
+    summary = prepare_data(cfg.data, strict=strict, image_cache=image_cache)
+    if as_json:
+        return _print_json(summary)
     _print_rows(f"prepared: {summary.out}", summary.rows())
 
 
 @command
 def train(
     overrides: Annotated[
-        list[str] | None, typer.Argument(help="section.key=value overrides.")
+        list[str] | None,
+        typer.Argument(
+            help="Settings as section.key=value; with --resume, first the run folder.",
+            show_default=False,
+        ),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option(help="Folder holding the runs.")] = Path("runs/train"),
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the run in this folder from last.pt.")
-    ] = None,
+        bool, typer.Option(help="Continue a run from last.pt: the one named, else the newest.")
+    ] = False,
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a composed-retrieval model (runs DDP under torchrun)."""
-    from stylequery import runtime
-    from stylequery.runs import new_run_dir
+    from stylequery import runs, runtime
+    from stylequery.config import split_overrides
     from stylequery.train import train as train_model
 
-    dev = runtime.resolve_device(device)
-    dist = runtime.distributed_env()
-    if dist is not None:
-        if dev.type == "cuda":
-            dev = runtime.resolve_device(f"cuda:{dist[2]}")
-        runtime.init_distributed(dev)
-        runtime.setup_logging(verbose)
-    if resume is not None:
-        run_dir = resume.parent.parent if resume.suffix == ".pt" else resume
-        base = run_dir / "config.yaml"
-        if not base.is_file():
-            raise StyleQueryError(f"--resume {resume}: no config.yaml in {run_dir}")
-        cfg = load_config(config or base, list(set_ or []) + list(overrides or []))
+    targets, settings = split_overrides(overrides or [], max_positional=1 if resume else 0)
+    if resume:
+        run_dir = runs.resume_dir(Path(targets[0]) if targets else None, out)
+        cfg = load_config(config or run_dir / "config.yaml", [*(set_ or []), *settings])
     else:
-        cfg = _config(config, set_, overrides)
-        run_dir = new_run_dir(out, cfg.train.name)
-    try:
-        result = train_model(cfg, run_dir, dev, resume=resume is not None)
-    finally:
-        if runtime.is_distributed():
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
-    if runtime.is_main_process():
-        rows = [
-            ("run", str(result.run_dir)),
-            ("iterations", str(result.iterations)),
-            ("minutes", f"{result.seconds / 60:.1f}"),
-        ]
-        rows += [(k, f"{v:.4f}") for k, v in result.metrics.items()]
-        rows += [("best.pt", str(result.best)), ("last.pt", str(result.last))]
-        _print_rows("training finished", rows)
-        console.print(f"next: stylequery evaluate {result.best}")
+        cfg = _settings(config, set_, settings)
+        run_dir = runs.new_run_dir(out, cfg.train.name)
+    with runtime.process_group(device) as dev:
+        result = train_model(cfg, run_dir, dev, resume=resume)
+    if not runtime.is_main_process():
+        return None
+    if as_json:
+        return _print_json(result)
+    rows = [("run", str(result.run_dir)), ("iterations", str(result.iterations))]
+    rows += [("minutes", f"{result.seconds / 60:.1f}")]
+    rows += [(k, f"{v:.4f}") for k, v in result.metrics.items()]
+    _print_rows("training finished", [*rows, ("best.pt", str(result.best))])
+    console.print(Text(f"next: stylequery evaluate --checkpoint {result.best}"))
 
 
 @command
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt).")],
-    prepared: Annotated[
-        Path | None, typer.Option(help="Prepared folder (default: the checkpoint's).")
-    ] = None,
+    overrides: OverridesArg = None,
+    checkpoint: CheckpointOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="metrics.json path (default: beside the run).")
     ] = None,
@@ -210,17 +249,30 @@ def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Recall@K of a checkpoint under the reference test protocol."""
-    from stylequery.evaluate import COLOUR_WORDS
+    """Recall@K of a checkpoint under the reference test protocol.
+
+    Settings apply on top of the checkpoint's own (e.g. eval.split=train, data.prepared_dir=X).
+    """
+    from stylequery import runs
     from stylequery.evaluate import evaluate as run_eval
-    from stylequery.runs import default_index_dir
     from stylequery.runtime import resolve_device
 
-    run = default_index_dir(checkpoint)
-    out = out or (run.parent / "metrics.json" if run else checkpoint.with_suffix(".metrics.json"))
-    result = run_eval(checkpoint, resolve_device(device), config, set_, prepared, out, breakdown)
+    if checkpoint is None:
+        checkpoint = runs.newest_checkpoint()
+        _say(f"using {checkpoint}")
+    out = out or runs.metrics_path(checkpoint)
+    settings = [*(set_ or []), *(overrides or [])]
+    result = run_eval(checkpoint, resolve_device(device), config, settings, None, out, breakdown)
+    if as_json:
+        return _print_json(result)
+    _print_metrics(result)
+    console.print(Text(f"wrote {out}"))
+
+
+def _print_metrics(result: Any) -> None:
     table = Table(
         title=f"{result.split}: {result.num_queries} queries, gallery {result.gallery_size}"
     )
@@ -232,37 +284,43 @@ def evaluate(
         label = f"{group} ({result.breakdown_counts[group]})"
         table.add_row(label, *(f"{v:.4f}" for v in metrics.values()))
     console.print(table)
-    if breakdown:
-        console.print(f"colour words: {' '.join(sorted(COLOUR_WORDS))}", highlight=False)
-    console.print(f"wrote {out}")
+    if result.breakdown:
+        from stylequery.evaluate import COLOUR_WORDS
+
+        console.print(Text(f"colour words: {' '.join(sorted(COLOUR_WORDS))}"))
 
 
 @command
 def embed(
     source: Annotated[Path, typer.Argument(help="A prepared folder, or any folder of images.")],
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint (default: newest run's best).")
-    ] = None,
+    overrides: OverridesArg = None,
+    checkpoint: CheckpointOpt = None,
     out: Annotated[Path | None, typer.Option(help="Index folder (default: RUN/index).")] = None,
-    split: Annotated[str, typer.Option(help="Split of a prepared folder.")] = "test",
     append: Annotated[
         bool, typer.Option(help="Add to an existing index without re-encoding it.")
     ] = False,
     float16: Annotated[
         bool, typer.Option("--float16", help="Store embeddings as float16.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Image-loading worker processes.")] = 2,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Embed a gallery into an index folder for `stylequery query`."""
+    """Embed a gallery into an index folder for `stylequery query`.
+
+    Settings used: eval.split (of a prepared folder), eval.batch_size, data.num_workers.
+    """
+    from stylequery import runs
     from stylequery.inference import embed as run_embed
-    from stylequery.runs import checkpoint_paths, default_index_dir, latest_run
     from stylequery.runtime import resolve_device
 
-    checkpoint = checkpoint or checkpoint_paths(latest_run())[1]
-    out = out or default_index_dir(checkpoint)
+    cfg = _settings(config, set_, overrides)
+    if checkpoint is None:
+        checkpoint = runs.newest_checkpoint()
+        _say(f"using {checkpoint}")
+    out = out or runs.default_index_dir(checkpoint)
     if out is None:
         raise StyleQueryError("--out is needed: the checkpoint is not inside a run folder")
     summary = run_embed(
@@ -270,27 +328,24 @@ def embed(
         source,
         out,
         resolve_device(device),
-        split=split,
+        split=cfg.eval.split,
         append=append,
-        batch_size=batch_size,
-        num_workers=workers,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
         dtype="float16" if float16 else "float32",
     )
-    _print_rows(
-        f"index: {summary.index_dir}",
-        [
-            ("checkpoint", str(checkpoint)),
-            ("added", str(summary.added)),
-            ("total", str(summary.total)),
-            ("skipped", str(len(summary.skipped))),
-            ("images/s", f"{summary.images_per_s:.1f}"),
-        ],
-    )
+    if as_json:
+        return _print_json(dataclasses.asdict(summary) | {"checkpoint": checkpoint})
+    rows = [("checkpoint", str(checkpoint)), ("added", str(summary.added))]
+    rows += [("total", str(summary.total)), ("skipped", str(len(summary.skipped)))]
+    _print_rows(f"index: {summary.index_dir}", [*rows, ("images/s", f"{summary.images_per_s:.1f}")])
 
 
 @command
 def query(
-    image: Annotated[Path, typer.Argument(help="The query image.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Query images, or folders of them.", show_default=False)
+    ],
     change: Annotated[
         list[str] | None, typer.Option(help="FROM:TO word change (repeatable, in order).")
     ] = None,
@@ -298,49 +353,64 @@ def query(
         str | None, typer.Option(help="Free modification text instead of --change.")
     ] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Number of results.")] = 10,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint (default: newest run's best).")
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     index: Annotated[
         Path | None, typer.Option(help="Index folder (default: the checkpoint run's).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     save: Annotated[
-        Path | None, typer.Option(help="Write a PNG contact sheet of the results.")
+        Path | None, typer.Option(help="Write a PNG contact sheet (one per image: NAME-N.png).")
     ] = None,
     device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Find catalogue images that look like IMAGE after the change."""
+    """Find catalogue images that look like each IMAGE after the change (model loaded once)."""
+    from stylequery import runs
     from stylequery.inference import QueryEngine, parse_change
-    from stylequery.runs import checkpoint_paths, default_index_dir, latest_run
     from stylequery.runtime import resolve_device
 
     changes = [parse_change(c) for c in change or []]
-    if not image.is_file():
-        raise StyleQueryError(f"query image not found: {image}")
+    paths = _query_images(images)
     if checkpoint is None:
-        checkpoint = checkpoint_paths(latest_run())[1]
-        if not as_json:
-            console.print(f"using {checkpoint}", highlight=False)
-    index = index or default_index_dir(checkpoint)
-    if index is None or not (index / "index.json").is_file():
-        raise StyleQueryError(
-            f"no index at {index}: run "
-            f"`stylequery embed PREPARED_DIR --checkpoint {checkpoint}` first"
-        )
+        checkpoint = runs.newest_checkpoint()
+        _say(f"using {checkpoint}")
+    index = runs.find_index(checkpoint, index)
     engine = QueryEngine(checkpoint, index, resolve_device(device))
-    result = engine.query(image, changes, text, k)
-    for warning in result.warnings:
-        err_console.print(f"warning: {warning}", highlight=False)
-    if save is not None:
-        _save_sheet(result, save)
+    results = [engine.query(path, changes, text, k) for path in paths]
+    for n, result in enumerate(results, start=1):
+        for warning in result.warnings:
+            _say(f"warning: {warning}")
+        if save is not None:
+            _save_sheet(result, save if len(results) == 1 else _numbered(save, n))
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
-        return
-    _print_hits(result)
+        queries = [r.to_json() for r in results]
+        return _print_json({"checkpoint": checkpoint, "index": index, "queries": queries})
+    for result in results:
+        _print_hits(result)
     if save is not None:
-        console.print(f"wrote {save}")
+        console.print(Text(f"wrote {save if len(results) == 1 else _numbered(save, 1)} ..."))
+
+
+def _query_images(paths: list[Path]) -> list[Path]:
+    """Each path as given, or the images under a folder (sorted); a missing one is an error."""
+    from stylequery.inference import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise StyleQueryError(f"{path}: no .jpg, .jpeg, .png or .webp images found")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise StyleQueryError(f"query image not found: {path}")
+    return found
+
+
+def _numbered(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}-{n}{path.suffix or '.png'}")
 
 
 def _print_hits(result: Any, limit: int | None = None) -> None:
@@ -349,15 +419,13 @@ def _print_hits(result: Any, limit: int | None = None) -> None:
     title = f"{relative_to_cwd(result.image)}  +  {' ; '.join(result.texts)}"
     if result.target_caption:
         title += f"\ntarget caption: {result.target_caption}"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     for name in ("rank", "score", "hit", "caption", "path"):
         table.add_column(name, justify="right" if name in ("rank", "score") else "left")
     for hit in result.hits[:limit]:
-        mark = {True: "[green]yes[/green]", False: "no", None: ""}[hit.hit]
-        caption = escape(hit.caption or "")
-        table.add_row(
-            str(hit.rank), f"{hit.score:.3f}", mark, caption, escape(str(relative_to_cwd(hit.path)))
-        )
+        mark = {True: Text("yes", style="green"), False: Text("no"), None: Text("")}[hit.hit]
+        path = Text(str(relative_to_cwd(hit.path)))
+        table.add_row(str(hit.rank), f"{hit.score:.3f}", mark, Text(hit.caption or ""), path)
     console.print(table)
 
 
@@ -383,12 +451,12 @@ def demo(
     from stylequery.demo import run_demo
     from stylequery.runtime import resolve_device
 
-    summary = run_demo(out, resolve_device(device), fresh=fresh, console=console)
+    summary = run_demo(out, resolve_device(device), fresh=fresh, console=err_console)
     _print_hits(summary.answer, limit=5)
     _print_rows("demo finished", summary.rows())
     console.print("go on by hand:", style="bold")
     for line in summary.next_commands():
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
+        console.print(Text(f"  {line}"), soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

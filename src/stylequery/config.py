@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -21,62 +22,78 @@ import yaml
 from stylequery.errors import ConfigError
 from stylequery.fileio import write_text
 
+_OVERRIDE = re.compile(r"\s*[A-Za-z_]\w*\.[A-Za-z_]\w*\s*=.*", re.DOTALL)
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``stylequery config`` and in run configs)."""
+    if isinstance(default, list):
+        items = list(default)
+        return field(default_factory=lambda: list(items), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
 
 @dataclass
 class DataConfig:
-    root: str = "data/synthetic"  # catalogue root: labels/ and women/ live here
-    prepared_dir: str = ""  # default: <root>/prepared/<subset name>
-    categories: list[str] = field(default_factory=lambda: ["pants"])  # or ["all"]
-    subcategories: list[str] = field(default_factory=list)  # empty: every subcategory
-    modification_template: str = "change {src} to {tgt}"  # reference: "replace {src} with {tgt}"
-    image_size: int = 224  # square side fed to the CNN (resize shorter side, centre crop)
-    use_image_cache: bool = True  # read the prepared uint8 cache when one of this size exists
-    hflip: bool = False  # random horizontal flip of training images
-    num_workers: int = 2  # DataLoader worker processes
-    seed: int = 0  # test-query generation
+    root: str = setting("data/synthetic", "catalogue root: labels/ and women/ live here")
+    prepared_dir: str = setting("", "prepared folder; empty: <root>/prepared/<subset name>")
+    categories: list[str] = setting(["pants"], "label-file categories, or [all]")
+    subcategories: list[str] = setting([], "keep only these subcategories; empty: all")
+    modification_template: str = setting(
+        "change {src} to {tgt}", 'modification text; the reference: "replace {src} with {tgt}"'
+    )
+    image_size: int = setting(224, "square side fed to the CNN (shorter side resized, centre crop)")
+    use_image_cache: bool = setting(True, "read the prepared uint8 cache of this size if any")
+    hflip: bool = setting(False, "random horizontal flip of training images")
+    num_workers: int = setting(2, "image-loading worker processes")
+    seed: int = setting(0, "seed of test-query generation")
 
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = 512  # size of every embedding: image, text, composed query
-    pretrained: str = "none"  # "imagenet", "none", or a path to a .pth state dict
-    word_dim: int = 512  # word embedding size
-    text_hidden: int = 512  # LSTM hidden size
-    composer: str = "concat"  # concat | tirg | image_only | text_only
-    dropout: float = 0.1
-    freeze_image_encoder: bool = False  # cache backbone features once, train the rest
+    embed_dim: int = setting(512, "size of every embedding: image, text, composed query")
+    pretrained: str = setting("none", "CNN weights: none, imagenet, or a path to a .pth state dict")
+    word_dim: int = setting(512, "word embedding size")
+    text_hidden: int = setting(512, "LSTM hidden size")
+    composer: str = setting("concat", "concat | tirg | image_only | text_only")
+    dropout: float = setting(0.1, "dropout in the composer")
+    freeze_image_encoder: bool = setting(
+        False, "cache backbone features once and train only the rest"
+    )
 
 
 @dataclass
 class TrainConfig:
-    name: str = ""  # run folder name under runs/train/; empty: auto-numbered
-    batch_size: int = 32
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    backbone_lr_mult: float = 0.1  # lr multiplier for a pretrained CNN backbone
-    lr_decay_every: int = 0  # iterations between step decays; 0 disables
-    lr_decay_factor: float = 0.1
-    iterations: int = 0  # run length in iterations; 0: use epochs
-    epochs: float = 1.0  # run length in epochs over the usable source images
-    loss: str = "batch_classification"  # batch_classification | soft_triplet
-    loss_scale: float = 4.0  # initial learnable scale of the cosine logits
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = True
-    seed: int = 0
-    eval_every: int = 1000  # iterations between validation runs; 0: only at the end
-    eval_max_queries: int = 0  # cap validation queries for speed; 0: all
-    best_metric: str = "recall@10"
-    log_every: int = 50  # iterations between plain log lines (non-TTY)
-    checkpoint_every: int = 1000  # iterations between last.pt saves
+    name: str = setting("", "run folder name under the runs folder; empty: run1, run2, ...")
+    batch_size: int = setting(32, "training pairs per batch (per process under torchrun)")
+    lr: float = setting(1e-2, "SGD learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-6, "SGD weight decay")
+    backbone_lr_mult: float = setting(0.1, "learning-rate multiplier for a pretrained backbone")
+    lr_decay_every: int = setting(0, "iterations between step decays; 0 disables")
+    lr_decay_factor: float = setting(0.1, "learning-rate factor at each decay")
+    iterations: int = setting(0, "run length in iterations; 0: use epochs")
+    epochs: float = setting(1.0, "run length in epochs over the usable source images")
+    loss: str = setting("batch_classification", "batch_classification | soft_triplet")
+    loss_scale: float = setting(4.0, "initial learnable scale of the cosine logits")
+    precision: Literal["fp32", "bf16", "fp16"] = setting(
+        "fp32", "fp32, bf16 (autocast on CPU or CUDA) or fp16 (CUDA)"
+    )
+    channels_last: bool = setting(True, "channels_last memory format for the CNN")
+    seed: int = setting(0, "seed of initialisation and data order")
+    eval_every: int = setting(1000, "iterations between validation runs; 0: only at the end")
+    eval_max_queries: int = setting(0, "cap validation queries for speed; 0: all")
+    best_metric: str = setting("recall@10", "validation metric that picks best.pt")
+    log_every: int = setting(50, "iterations between plain log lines (off a terminal)")
+    checkpoint_every: int = setting(1000, "iterations between last.pt saves")
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 64
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50, 100])
-    split: Literal["train", "test"] = "test"
-    max_queries: int = 0  # 0: all queries
+    batch_size: int = setting(64, "images per batch when encoding (evaluate, embed)")
+    ks: list[int] = setting([1, 5, 10, 50, 100], "the K of each recall@K")
+    split: Literal["train", "test"] = setting("test", "split of the prepared folder to use")
+    max_queries: int = setting(0, "cap the number of queries; 0: all")
 
 
 @dataclass
@@ -133,6 +150,17 @@ def load_config(
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     return cfg
+
+
+def split_overrides(args: list[str], max_positional: int = 0) -> tuple[list[str], list[str]]:
+    """Split command-line words into plain arguments and ``section.key=value`` overrides.
+
+    At most ``max_positional`` plain arguments are allowed; another one is a ConfigError.
+    """
+    plain = [a for a in args if not _OVERRIDE.fullmatch(a)]
+    if len(plain) > max_positional:
+        raise ConfigError(f"'{plain[max_positional]}' is not of the form section.key=value")
+    return plain, [a for a in args if _OVERRIDE.fullmatch(a)]
 
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
@@ -216,9 +244,27 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def config_yaml(cfg: Config) -> str:
+    """The config as YAML that :func:`load_config` reads back, each key under its help comment."""
+    lines: list[str] = []
+    for section in fields(cfg):
+        lines.append(f"{section.name}:")
+        values = getattr(cfg, section.name)
+        for key in fields(values):
+            lines.append(f"  # {key.metadata.get('help', '')}".rstrip())
+            lines.append(f"  {key.name}: {_yaml_value(getattr(values, key.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(value: Any) -> str:
+    """One value as inline YAML (lists in flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000)
+    return text.removesuffix("\n...\n").strip()
+
+
 def dump_config(cfg: Config, path: Path) -> Path:
-    """Write the resolved config as YAML, atomically."""
-    return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as commented YAML, atomically."""
+    return write_text(path, config_yaml(cfg))
 
 
 def replace(cfg: Config, **sections: Any) -> Config:

@@ -63,7 +63,7 @@ class DemoSummary:
     def next_commands(self) -> list[str]:
         src, tgt = self.change
         return [
-            f"stylequery evaluate {self.checkpoint} --breakdown",
+            f"stylequery evaluate --checkpoint {self.checkpoint} --breakdown",
             f"stylequery query {relative_to_cwd(self.query_image)} --change {src}:{tgt} "
             f"--checkpoint {self.checkpoint} --index {self.index} --save results.png",
             f"stylequery train --config cpu.yaml --set data.root={self.catalogue} "

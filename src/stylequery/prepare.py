@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +330,7 @@ def _manifest(
         "format": PREPARED_FORMAT,
         "format_version": 1,
         "stylequery_version": stylequery.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "root": str(root.resolve()),
         "subset": summary.subset,
         "data_config": asdict(cfg),

@@ -72,6 +72,7 @@ def progress_bar(
         if enabled:
             logger.info("%s done", bar.line())
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -81,15 +82,16 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
-    columns = (
-        TextColumn("[bold]{task.description}"),
+    columns = (  # descriptions and fields are shown literally, never read as Rich markup
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
     )
-    with Progress(*columns, transient=False) as rich_progress:
+    console = Console(stderr=True)  # stdout carries results only
+    with Progress(*columns, console=console, transient=False) as rich_progress:
         bar._rich = rich_progress
         bar._task = rich_progress.add_task(description, total=total, info="")
         yield bar

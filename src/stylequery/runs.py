@@ -27,14 +27,46 @@ def checkpoint_paths(run_dir: Path) -> tuple[Path, Path]:
     return run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
 
 
-def latest_run(base: Path = TRAIN_DIR) -> Path:
-    """The most recently written run under ``base`` that has a best checkpoint."""
-    runs = [p.parent.parent for p in base.glob("*/weights/best.pt")]
-    if not runs:
+def latest_run(base: Path = TRAIN_DIR, checkpoint: str = "best.pt") -> Path:
+    """The run under ``base`` whose ``weights/<checkpoint>`` was written last."""
+    found = list(base.glob(f"*/weights/{checkpoint}"))
+    if not found:
+        raise StyleQueryError(f"no trained model under {base}/: run `stylequery train` first")
+    return max(found, key=lambda p: p.stat().st_mtime).parent.parent
+
+
+def newest_checkpoint(base: Path = TRAIN_DIR) -> Path:
+    """``best.pt`` of the newest run under ``base`` (what commands use when given none)."""
+    return checkpoint_paths(latest_run(base))[1]
+
+
+def resume_dir(target: Path | None, base: Path = TRAIN_DIR) -> Path:
+    """The run folder to resume: ``target`` (a run folder or one of its checkpoints), else the
+    run under ``base`` whose ``last.pt`` was written last."""
+    if target is None:
+        run_dir = latest_run(base, "last.pt")
+    else:
+        run_dir = target.parent.parent if target.suffix == ".pt" else target
+    if not (run_dir / "config.yaml").is_file():
+        raise StyleQueryError(f"cannot resume {target or run_dir}: no config.yaml in {run_dir}")
+    return run_dir
+
+
+def metrics_path(checkpoint: Path) -> Path:
+    """Where ``evaluate`` writes: ``<run>/metrics.json``, else ``<checkpoint>.metrics.json``."""
+    index = default_index_dir(checkpoint)
+    return index.parent / "metrics.json" if index else Path(checkpoint).with_suffix(".metrics.json")
+
+
+def find_index(checkpoint: Path, index: Path | None = None) -> Path:
+    """``index``, else the index folder of the checkpoint's run; it must hold an index."""
+    found = index or default_index_dir(checkpoint)
+    if found is None or not (found / "index.json").is_file():
+        where = f"at {found}" if found else f"beside {checkpoint}"
         raise StyleQueryError(
-            f"no trained model under {base}/: run `stylequery train` first (or pass --checkpoint)"
+            f"no index {where}: run `stylequery embed` with checkpoint {checkpoint} first"
         )
-    return max(runs, key=lambda p: checkpoint_paths(p)[1].stat().st_mtime)
+    return found
 
 
 def relative_to_cwd(path: str | Path) -> Path:

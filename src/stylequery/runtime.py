@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,13 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device; ``auto`` picks cuda, then mps, then cpu."""
+    """Turn ``auto|cpu|cuda|cuda:N|N|mps`` into a device (``N`` is ``cuda:N``).
+
+    ``auto`` picks cuda, then mps, then cpu.
+    """
+    name = name.strip()
+    if name.isdigit():
+        name = f"cuda:{name}"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -28,7 +35,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise StyleQueryError(
-            f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps"
+            f"unknown device '{name}': use auto, cpu, cuda, cuda:N, N or mps"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StyleQueryError(f"device '{name}' asked for, but CUDA is not available here")
@@ -97,6 +104,31 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
+@contextlib.contextmanager
+def process_group(device_name: str = "auto") -> Iterator[torch.device]:
+    """The device this process works on; under torchrun, inside a started process group.
+
+    Under torchrun each process takes ``cuda:LOCAL_RANK`` (when the device is CUDA), joins the
+    group for the block and leaves it afterwards; only rank 0 logs below warnings.
+    """
+    device = resolve_device(device_name)
+    env = distributed_env()
+    if env is None:
+        yield device
+        return
+    if device.type == "cuda":
+        device = resolve_device(f"cuda:{env[2]}")
+    init_distributed(device)
+    if not is_main_process():
+        logging.getLogger("stylequery").setLevel(logging.WARNING)
+    try:
+        yield device
+    finally:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
 def is_distributed() -> bool:
     """True inside an initialised process group (torchrun), even with a single process."""
     import torch.distributed as dist
@@ -137,11 +169,18 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Configure logging once for the CLI: Rich handler on a terminal, plain lines otherwise."""
+    """Configure logging once for the CLI: Rich lines on stderr (stdout is for results)."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.INFO
-    handler = RichHandler(show_path=False, show_time=False, markup=False, rich_tracebacks=False)
+    handler = RichHandler(
+        console=Console(stderr=True),
+        show_path=False,
+        show_time=False,
+        markup=False,
+        rich_tracebacks=False,
+    )
     root = logging.getLogger("stylequery")
     root.handlers[:] = [handler]
     root.setLevel(level)

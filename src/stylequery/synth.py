@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from stylequery.captions import SiblingIndex, normalize_caption, sample_queries, seed_entropy
-from stylequery.errors import DataError
+from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import atomic_dir
 from stylequery.garments import COLOURS, draw_garment, jitter
 from stylequery.labels import SPLITS, format_query_lines, label_file
@@ -295,11 +295,11 @@ def _check_args(
         raise DataError(f"{out}: exists and is not empty; choose another folder or overwrite")
     unknown = [c for c in categories if c not in NAMES]
     if unknown or not categories:
-        raise ValueError(
+        raise StyleQueryError(
             f"synthetic categories must be among {sorted(NAMES)}, got {list(categories)}"
         )
     if products < 2 or image_size < 8 or not 0.0 < test_fraction < 1.0:
-        raise ValueError("need products >= 2, image_size >= 8 and 0 < test_fraction < 1")
+        raise StyleQueryError("need products >= 2, image_size >= 8 and 0 < test_fraction < 1")
 
 
 def _write_images(
