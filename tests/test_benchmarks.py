@@ -25,6 +25,7 @@ TINY = {
     "quality": ["--device", "cpu", "--products", "20", "--seeds", "0", "--set",
                 "train.iterations=1", "--set", "train.batch_size=4", "--set",
                 "data.image_size=32"],
+    "strict_check": ["--products", "6", "--jpeg-size", "32", "--repeats", "1"],
 }  # fmt: skip
 
 ROW_KEYS = {
@@ -33,11 +34,13 @@ ROW_KEYS = {
     "embed_speed": {"shape", "workers", "embed_images_per_s", "forward_images_per_s"},
     "query_latency": {"gallery", "dim", "dtype", "search_p50_ms", "search_p95_ms", "e2e_p95_ms"},
     "quality": {"composer", "recall@1", "recall@10", "recall@50"},
+    "strict_check": {"check", "images", "prepare_s", "images_per_s"},
 }
 EXTRA_KEYS = {
     "train_speed": {"ratios", "feature_caching"},
     "query_latency": {"cold"},
     "quality": {"per_run"},
+    "strict_check": {"strict_over_header"},
 }
 
 

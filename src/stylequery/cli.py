@@ -170,7 +170,11 @@ def prepare(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     strict: Annotated[
-        bool, typer.Option(help="Missing or unreadable images are an error.")
+        bool,
+        typer.Option(
+            help="Decode every image fully; a missing or unreadable one is an error. Costs"
+            " about 2 ms per 256 px JPEG on one core (6,000 images: 17 s instead of 4 s)."
+        ),
     ] = False,
     image_cache: Annotated[
         int | None, typer.Option(help="Also cache every image as SIZE x SIZE uint8.")
@@ -360,6 +364,9 @@ def query(
     save: Annotated[
         Path | None, typer.Option(help="Write a PNG contact sheet (one per image: NAME-N.png).")
     ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="A word the tokenizer drops or alters is an error, not a warning.")
+    ] = False,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -376,7 +383,7 @@ def query(
         _say(f"using {checkpoint}")
     index = runs.find_index(checkpoint, index)
     engine = QueryEngine(checkpoint, index, resolve_device(device))
-    results = [engine.query(path, changes, text, k) for path in paths]
+    results = [engine.query(path, changes, text, k, strict=strict) for path in paths]
     for n, result in enumerate(results, start=1):
         for warning in result.warnings:
             _say(f"warning: {warning}")

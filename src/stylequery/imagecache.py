@@ -4,12 +4,17 @@ Every image the project sees goes through :func:`decode_image`: decoded, convert
 shorter side resized to S (bilinear, antialiased), centre-cropped to S x S. The cache built by
 :func:`build_cache` stores exactly those pixels, so reading it is indistinguishable from
 decoding the JPEGs, only faster.
+
+An image's pixel count is read from its header before any decoding, and an image above
+``max_pixels`` (``data.max_image_pixels``, default 40 megapixels: a catalogue photo is far
+smaller) is refused, so a 100 KB PNG that claims 10,000 x 10,000 pixels never costs 1.4 GB.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,20 +30,40 @@ from stylequery.progress import progress_bar
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _BLOCK = 256  # images decoded per batch of thread-pool work (bounds memory held in flight)
+MAX_PIXELS = 40_000_000  # default data.max_image_pixels: 40 MP, ~6x a 24 MP camera's side
+# PIL warns (at 89 MP) about images that _check_pixels refuses anyway, with a lower limit.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    """Raise ValueError when the header's pixel count exceeds ``max_pixels``."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"{width} x {height} pixels is above the limit of {max_pixels:,} "
+            "(data.max_image_pixels)"
+        )
+
+
+def decode_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file into uint8 pixels (S, S, 3), the project's one transform.
 
+    Args:
+        path: The image file.
+        size: Square side S.
+        max_pixels: Refuse images with more pixels than this, before decoding them.
+
     Raises:
-        DataError: The file is missing or not a readable image (the message names it).
+        DataError: The file is missing, too large or not a readable image (the message
+            names it).
     """
     try:
         with Image.open(path) as image:
+            _check_pixels(image, max_pixels)
             # JPEG only: let libjpeg decode at a reduced scale that still covers S x S.
             image.draft("RGB", (size, size))
             rgb = ImageOps.exif_transpose(image).convert("RGB")
@@ -63,15 +88,20 @@ def resize_crop(image: Image.Image, size: int) -> np.ndarray:
     return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
+def load_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Image file -> uint8 tensor (3, S, S); see :func:`decode_image`."""
-    return torch.from_numpy(decode_image(path, size)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_image(path, size, max_pixels)).permute(2, 0, 1).contiguous()
 
 
-def image_problem(path: Path) -> str | None:
+def image_problem(path: Path, max_pixels: int = MAX_PIXELS, full: bool = False) -> str | None:
     """Why an image cannot be used (``"not found"``, ``"unreadable: ..."``), or None if fine.
 
-    Cheap: reads the header and lets PIL verify what it can without decoding pixels.
+    Args:
+        path: The image file.
+        max_pixels: Images with more pixels than this are a problem (read from the header).
+        full: Decode every pixel at full resolution (finds truncated and corrupt data; about
+            as slow as building the cache). Otherwise only the header is read and PIL verifies
+            what it can without decoding.
     """
     try:
         info = os.stat(path)
@@ -85,10 +115,37 @@ def image_problem(path: Path) -> str | None:
         return "empty file"
     try:
         with Image.open(path) as image:
-            image.verify()
+            _check_pixels(image, max_pixels)
+            if full:
+                image.load()
+            else:
+                image.verify()
     except _PIL_ERRORS as exc:
         return f"unreadable: {_one_line(exc)}"
     return None
+
+
+def find_image_problems(
+    paths: Sequence[Path], max_pixels: int = MAX_PIXELS, full: bool = False, description: str = ""
+) -> dict[int, str]:
+    """:func:`image_problem` of every image, checked in a thread pool with a progress bar.
+
+    Returns:
+        ``{index: reason}`` of the images that cannot be used, in index order.
+    """
+    problems: dict[int, str] = {}
+    with (
+        ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+        progress_bar(description or "check images", total=len(paths)) as bar,
+    ):
+        for start in range(0, len(paths), _BLOCK):
+            block = paths[start : start + _BLOCK]
+            reasons = pool.map(image_problem, block, [max_pixels] * len(block), [full] * len(block))
+            for offset, reason in enumerate(reasons):
+                if reason is not None:
+                    problems[start + offset] = reason
+            bar.advance(len(block))
+    return problems
 
 
 def cache_file_name(split: str, size: int) -> str:
@@ -96,15 +153,19 @@ def cache_file_name(split: str, size: int) -> str:
     return f"cache_{split}_{size}.npy"
 
 
-def _decode_or_reason(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+def _decode_or_reason(path: Path, size: int, max_pixels: int) -> tuple[np.ndarray | None, str]:
     try:
-        return decode_image(path, size), ""
+        return decode_image(path, size, max_pixels), ""
     except DataError as exc:
         return None, str(exc).removeprefix(f"{path}: ")
 
 
 def build_cache(
-    paths: Sequence[Path], size: int, out_path: Path, description: str = "cache"
+    paths: Sequence[Path],
+    size: int,
+    out_path: Path,
+    description: str = "cache",
+    max_pixels: int = MAX_PIXELS,
 ) -> dict[int, str]:
     """Decode every image once into a uint8 (N, S, S, 3) ``.npy`` file (loadable as mmap).
 
@@ -116,6 +177,7 @@ def build_cache(
         size: Square side S.
         out_path: The ``.npy`` file to write.
         description: Progress bar label.
+        max_pixels: Images with more pixels are left out, undecoded.
 
     Returns:
         ``{index: reason}`` of the images that could not be decoded.
@@ -132,7 +194,7 @@ def build_cache(
         for start in range(0, len(paths), _BLOCK):
             block = paths[start : start + _BLOCK]
             for offset, (pixels, reason) in enumerate(
-                pool.map(_decode_or_reason, block, [size] * len(block))
+                pool.map(_decode_or_reason, block, [size] * len(block), [max_pixels] * len(block))
             ):
                 if pixels is None:
                     failures[start + offset] = reason

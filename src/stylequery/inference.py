@@ -19,7 +19,7 @@ from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
 from stylequery.index import EmbeddingIndex, open_index
 from stylequery.progress import progress_bar
-from stylequery.vocab import Vocab, pad_batch
+from stylequery.vocab import Vocab, pad_batch, tokenize_words
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def parse_change(spec: str) -> tuple[str, str]:
     """``"black:green"`` -> ``("black", "green")``."""
     src, sep, tgt = spec.partition(":")
     if not sep or not src.strip() or not tgt.strip() or ":" in tgt:
-        raise StyleQueryError(f"--change '{spec}' must be FROM:TO, e.g. --change black:green")
+        raise StyleQueryError(f"--change {spec!r} must be FROM:TO, e.g. --change black:green")
     return src.strip().lower(), tgt.strip().lower()
 
 
@@ -245,17 +245,31 @@ class QueryEngine:
         """Composed, normalised query (1, D): each text applied to the previous composition."""
         model = self.loaded.model
         query = self.encode_image(image, normalize=False)  # (1, D)
-        for text in texts:
+        for step, text in enumerate(texts, start=1):
             tokens, lengths = pad_batch([self.vocab.encode(text)])
             words = model.encode_text(tokens.to(self.device), lengths.to(self.device))  # (1, D)
             query = model.compose(query, words, normalize=False)  # (1, D)
+            if not torch.isfinite(query).all():  # each step can grow the raw norm
+                raise StyleQueryError(
+                    f"the composed query overflows at change {step} of {len(texts)}; "
+                    "give fewer changes"
+                )
         return F.normalize(query.float(), dim=-1).cpu()
 
     def query(
-        self, image_path: Path, changes: list[tuple[str, str]], text: str | None = None, k: int = 10
+        self,
+        image_path: Path,
+        changes: list[tuple[str, str]],
+        text: str | None = None,
+        k: int = 10,
+        strict: bool = False,
     ) -> QueryResult:
-        """Top-k gallery images for an image plus changes (the image itself is left out)."""
-        texts = self.texts_for(changes, text)
+        """Top-k gallery images for an image plus changes (the image itself is left out).
+
+        The result's texts are what the model saw: a word the tokenizer drops or alters is a
+        warning (an error when ``strict``).
+        """
+        texts, warnings = self.used_texts(self.texts_for(changes, text), strict)
         image = load_image(image_path, self.loaded.encoding.image_size)
         own = self.index.find(str(Path(image_path).resolve()))
         scores, ids = self.index.search(self.encode(image, texts).numpy(), k, exclude=[own])
@@ -268,9 +282,24 @@ class QueryEngine:
         ):
             hit = None if target is None or caption is None else caption == target
             hits.append(QueryHit(rank, float(score), path, caption, hit))
-        return QueryResult(
-            Path(image_path), texts, hits, source_caption, target, self.unknown_word_warnings(texts)
-        )
+        warnings += self.unknown_word_warnings(texts)
+        return QueryResult(Path(image_path), texts, hits, source_caption, target, warnings)
+
+    @staticmethod
+    def used_texts(texts: list[str], strict: bool = False) -> tuple[list[str], list[str]]:
+        """The texts as tokenized (what the model sees) and a warning per altered word.
+
+        Raises:
+            DataError: ``strict`` and a word was dropped or altered.
+        """
+        used, warnings = [], []
+        for text in texts:
+            tokens, text_warnings = tokenize_words(text)
+            used.append(tokens)
+            warnings += [w for w in text_warnings if w not in warnings]
+        if strict and warnings:
+            raise DataError("; ".join(warnings))
+        return used, warnings
 
 
 def apply_changes(caption: str, changes: list[tuple[str, str]]) -> str | None:

@@ -19,7 +19,7 @@ from stylequery.captions import SiblingIndex
 from stylequery.config import DataConfig
 from stylequery.errors import DataError
 from stylequery.fileio import atomic_dir, exclusive_lock, write_json
-from stylequery.imagecache import build_cache, cache_file_name, image_problem
+from stylequery.imagecache import build_cache, cache_file_name, find_image_problems
 from stylequery.labels import (
     SPLITS,
     Item,
@@ -32,7 +32,6 @@ from stylequery.labels import (
     subcategory_of,
     subset_name,
 )
-from stylequery.progress import progress_bar
 from stylequery.queries import QUERY_FILE, find_test_queries
 from stylequery.release import combine_release_matches, matches_release, sha256_file
 from stylequery.vocab import Vocab
@@ -112,7 +111,8 @@ def prepare(
     Args:
         cfg: Data config (root, categories, subcategories, seed, ...).
         out: Output folder; default :func:`prepared_dir`.
-        strict: Fail on the first missing or unreadable image instead of dropping it.
+        strict: Decode every image fully and fail on the first missing or unreadable one,
+            instead of reading headers and dropping such images.
         image_cache: Also decode every image once into a uint8 cache of this square size.
 
     Returns:
@@ -197,17 +197,12 @@ def _read_split(root: Path, categories: list[str], split: str, subcategories: li
 
 
 def _check_images(root: Path, split: _Split, strict: bool) -> None:
-    """Drop rows whose image is missing or unreadable (strict: fail on the first)."""
-    kept = []
-    with progress_bar(f"check {split.name} images", total=len(split.rows)) as bar:
-        for row in split.rows:
-            problem = image_problem(root / row.path)
-            if problem is None:
-                kept.append(row)
-            else:
-                _drop(root, split, row, problem, strict)
-            bar.advance()
-    split.rows = kept
+    """Drop rows whose image is missing or unreadable (strict: decode fully, fail on the first)."""
+    paths = [root / row.path for row in split.rows]
+    problems = find_image_problems(paths, full=strict, description=f"check {split.name} images")
+    for index, problem in problems.items():
+        _drop(root, split, split.rows[index], problem, strict)
+    split.rows = [row for i, row in enumerate(split.rows) if i not in problems]
 
 
 def _drop(root: Path, split: _Split, row: LabelRow, reason: str, strict: bool) -> None:

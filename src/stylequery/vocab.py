@@ -37,6 +37,28 @@ def tokenize(text: str) -> list[str]:
     return ascii_text.lower().translate(_DROP_PUNCTUATION).split()
 
 
+def tokenize_words(text: str) -> tuple[str, list[str]]:
+    """What the tokenizer makes of ``text``, and a warning for each word it drops or alters.
+
+    Case does not count as a change (tokens are lowercase by design); anything else does:
+    ``"红色"`` is dropped (non-ASCII), ``"T-shirt"`` is read as ``"tshirt"``.
+
+    Returns:
+        ``(used, warnings)``: the tokens joined by spaces (what a model sees) and one line
+        per word that did not survive as written.
+    """
+    warnings = []
+    for word in text.split():
+        tokens = tokenize(word)
+        if not tokens:
+            warnings.append(
+                f"'{word}' was dropped: the tokenizer keeps only ASCII letters and digits"
+            )
+        elif " ".join(tokens) != word.lower():
+            warnings.append(f"'{word}' was read as '{' '.join(tokens)}'")
+    return " ".join(tokenize(text)), warnings
+
+
 class Vocab:
     """Mapping between caption tokens and integer ids (0 is ``<UNK>``).
 
