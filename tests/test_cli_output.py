@@ -80,8 +80,11 @@ def test_user_text_is_printed_literally(
     monkeypatch.chdir(tmp_path)
     shutil.copy(EmbeddingIndex.load(tiny_index).paths[0], tmp_path / "[sale].jpeg")
     args = ["--text", "[bold]red[/bold] [/x]", "--checkpoint", tiny_checkpoint]
-    out = cli.ok("query", "[sale].jpeg", *args, "--index", tiny_index).stdout
-    assert "[sale].jpeg" in out and "[bold]red[/bold] [/x]" in out
+    result = cli.ok("query", "[sale].jpeg", *args, "--index", tiny_index)
+    # the title shows what the model saw; a warning quotes each altered word as typed
+    assert "[sale].jpeg  +  boldredbold x" in result.stdout
+    assert "warning: '[bold]red[/bold]' was read as 'boldredbold'" in result.stderr
+    assert "warning: '[/x]' was read as 'x'" in result.stderr
     message = cli.fails("query", "[/x].jpeg", *args, needle="[/x].jpeg")
     assert message == "error: query image not found: [/x].jpeg"
     out = cli.ok("synth", "[sale]", "--products", "4", "--image-size", "16").stdout
