@@ -99,3 +99,18 @@ def test_train_errors_are_one_line(in_workdir: Path, cli: Cli, tmp_path: Path) -
     cli.fails("train", "--device", "tpu", needle="unknown device 'tpu'")
     cli.fails("train", "--resume", "nowhere", needle="no config.yaml in nowhere")
     cli.fails("train", "--resume", "--out", tmp_path, needle="stylequery train")
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_prints_one_result(in_workdir: Path) -> None:
+    """Two processes on gloo: every rank trains, only rank 0 prints the JSON result."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--standalone", "-m", "stylequery", "train", "--device", "cpu", "--json"]
+    command += ["--config", "tiny.yaml", "data.root=cat", "train.name=ddp", "train.iterations=2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["iterations"] == 2 and Path(result["best"]).is_file()

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from stylequery import report
 from stylequery.config import Config, load_config
 from stylequery.errors import StyleQueryError
 
@@ -28,9 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[
@@ -65,10 +59,10 @@ def command(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except StyleQueryError as exc:
-            err_console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
+            report.error(str(exc))
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            report.note("interrupted")
             raise typer.Exit(code=130) from None
 
     app.command()(wrapper)
@@ -98,29 +92,6 @@ def _root(
 def _settings(config: str | None, set_: list[str] | None, overrides: list[str] | None) -> Config:
     """Defaults < the YAML file < ``--set`` < trailing ``key=value`` settings."""
     return load_config(config, [*(set_ or []), *(overrides or [])])
-
-
-def _print_json(data: Any) -> None:
-    """One JSON document on stdout: dataclasses become objects, paths strings."""
-    if hasattr(data, "to_json"):
-        data = data.to_json()
-    elif dataclasses.is_dataclass(data) and not isinstance(data, type):
-        data = dataclasses.asdict(data)
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=Text(title), show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for key, value in rows:
-        table.add_row(Text(key), Text(value))
-    console.print(table)
-
-
-def _say(message: str) -> None:
-    """A note for the person at the terminal, on stderr, printed literally."""
-    err_console.print(Text(message), soft_wrap=True)
 
 
 @command
@@ -159,9 +130,9 @@ def synth(
         overwrite=overwrite,
     )
     if as_json:
-        return _print_json(summary)
-    _print_rows(f"synthetic catalogue: {out}", summary.rows())
-    console.print(Text(f"next: stylequery prepare data.root={out}"))
+        return report.print_json(summary)
+    report.print_rows(f"synthetic catalogue: {out}", summary.rows())
+    report.print_line(f"next: stylequery prepare data.root={out}")
 
 
 @command
@@ -192,8 +163,8 @@ def prepare(
     cfg = _settings(config, set_, overrides)
     summary = prepare_data(cfg.data, strict=strict, image_cache=image_cache)
     if as_json:
-        return _print_json(summary)
-    _print_rows(f"prepared: {summary.out}", summary.rows())
+        return report.print_json(summary)
+    report.print_rows(f"prepared: {summary.out}", summary.rows())
 
 
 @command
@@ -229,15 +200,16 @@ def train(
         run_dir = runs.new_run_dir(out, cfg.train.name)
     with runtime.process_group(device) as dev:
         result = train_model(cfg, run_dir, dev, resume=resume)
-    if not runtime.is_main_process():
+        main_process = runtime.is_main_process()
+    if not main_process:
         return None
     if as_json:
-        return _print_json(result)
+        return report.print_json(result)
     rows = [("run", str(result.run_dir)), ("iterations", str(result.iterations))]
     rows += [("minutes", f"{result.seconds / 60:.1f}")]
     rows += [(k, f"{v:.4f}") for k, v in result.metrics.items()]
-    _print_rows("training finished", [*rows, ("best.pt", str(result.best))])
-    console.print(Text(f"next: stylequery evaluate --checkpoint {result.best}"))
+    report.print_rows("training finished", [*rows, ("best.pt", str(result.best))])
+    report.print_line(f"next: stylequery evaluate --checkpoint {result.best}")
 
 
 @command
@@ -266,32 +238,18 @@ def evaluate(
 
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()
-        _say(f"using {checkpoint}")
+        report.note(f"using {checkpoint}")
     out = out or runs.metrics_path(checkpoint)
     settings = [*(set_ or []), *(overrides or [])]
     result = run_eval(checkpoint, resolve_device(device), config, settings, None, out, breakdown)
     if as_json:
-        return _print_json(result)
-    _print_metrics(result)
-    console.print(Text(f"wrote {out}"))
-
-
-def _print_metrics(result: Any) -> None:
-    table = Table(
-        title=f"{result.split}: {result.num_queries} queries, gallery {result.gallery_size}"
-    )
-    table.add_column("queries")
-    for key in result.metrics:
-        table.add_column(key, justify="right")
-    table.add_row("all", *(f"{v:.4f}" for v in result.metrics.values()))
-    for group, metrics in result.breakdown.items():
-        label = f"{group} ({result.breakdown_counts[group]})"
-        table.add_row(label, *(f"{v:.4f}" for v in metrics.values()))
-    console.print(table)
+        return report.print_json(result)
+    report.print_metrics(result)
     if result.breakdown:
         from stylequery.evaluate import COLOUR_WORDS
 
-        console.print(Text(f"colour words: {' '.join(sorted(COLOUR_WORDS))}"))
+        report.print_line(f"colour words: {' '.join(sorted(COLOUR_WORDS))}")
+    report.print_line(f"wrote {out}")
 
 
 @command
@@ -323,7 +281,7 @@ def embed(
     cfg = _settings(config, set_, overrides)
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()
-        _say(f"using {checkpoint}")
+        report.note(f"using {checkpoint}")
     out = out or runs.default_index_dir(checkpoint)
     if out is None:
         raise StyleQueryError("--out is needed: the checkpoint is not inside a run folder")
@@ -339,10 +297,11 @@ def embed(
         dtype="float16" if float16 else "float32",
     )
     if as_json:
-        return _print_json(dataclasses.asdict(summary) | {"checkpoint": checkpoint})
+        return report.print_json(dataclasses.asdict(summary) | {"checkpoint": checkpoint})
     rows = [("checkpoint", str(checkpoint)), ("added", str(summary.added))]
     rows += [("total", str(summary.total)), ("skipped", str(len(summary.skipped)))]
-    _print_rows(f"index: {summary.index_dir}", [*rows, ("images/s", f"{summary.images_per_s:.1f}")])
+    rows += [("images/s", f"{summary.images_per_s:.1f}")]
+    report.print_rows(f"index: {summary.index_dir}", rows)
 
 
 @command
@@ -380,22 +339,20 @@ def query(
     paths = _query_images(images)
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()
-        _say(f"using {checkpoint}")
+        report.note(f"using {checkpoint}")
     index = runs.find_index(checkpoint, index)
     engine = QueryEngine(checkpoint, index, resolve_device(device))
     results = [engine.query(path, changes, text, k, strict=strict) for path in paths]
-    for n, result in enumerate(results, start=1):
-        for warning in result.warnings:
-            _say(f"warning: {warning}")
-        if save is not None:
-            _save_sheet(result, save if len(results) == 1 else _numbered(save, n))
+    for warning in sorted({w for r in results for w in r.warnings}):
+        report.note(f"warning: {warning}")
+    sheets = report.save_sheets(results, save) if save is not None else []
     if as_json:
         queries = [r.to_json() for r in results]
-        return _print_json({"checkpoint": checkpoint, "index": index, "queries": queries})
+        return report.print_json({"checkpoint": checkpoint, "index": index, "queries": queries})
     for result in results:
-        _print_hits(result)
-    if save is not None:
-        console.print(Text(f"wrote {save if len(results) == 1 else _numbered(save, 1)} ..."))
+        report.print_hits(result)
+    for sheet in sheets:
+        report.print_line(f"wrote {sheet}")
 
 
 def _query_images(paths: list[Path]) -> list[Path]:
@@ -416,33 +373,6 @@ def _query_images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _numbered(path: Path, n: int) -> Path:
-    return path.with_name(f"{path.stem}-{n}{path.suffix or '.png'}")
-
-
-def _print_hits(result: Any, limit: int | None = None) -> None:
-    from stylequery.runs import relative_to_cwd
-
-    title = f"{relative_to_cwd(result.image)}  +  {' ; '.join(result.texts)}"
-    if result.target_caption:
-        title += f"\ntarget caption: {result.target_caption}"
-    table = Table(title=Text(title), title_justify="left")
-    for name in ("rank", "score", "hit", "caption", "path"):
-        table.add_column(name, justify="right" if name in ("rank", "score") else "left")
-    for hit in result.hits[:limit]:
-        mark = {True: Text("yes", style="green"), False: Text("no"), None: Text("")}[hit.hit]
-        path = Text(str(relative_to_cwd(hit.path)))
-        table.add_row(str(hit.rank), f"{hit.score:.3f}", mark, Text(hit.caption or ""), path)
-    console.print(table)
-
-
-def _save_sheet(result: Any, out: Path) -> None:
-    from stylequery.viz import SheetItem, contact_sheet
-
-    items = [SheetItem(Path(h.path), h.score, h.caption, h.hit) for h in result.hits]
-    contact_sheet(result.image, " ; ".join(result.texts), items, out)
-
-
 @command
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
@@ -458,12 +388,12 @@ def demo(
     from stylequery.demo import run_demo
     from stylequery.runtime import resolve_device
 
-    summary = run_demo(out, resolve_device(device), fresh=fresh, console=err_console)
-    _print_hits(summary.answer, limit=5)
-    _print_rows("demo finished", summary.rows())
-    console.print("go on by hand:", style="bold")
+    summary = run_demo(out, resolve_device(device), fresh=fresh, console=report.err_console)
+    report.print_hits(summary.answer, limit=5)
+    report.print_rows("demo finished", summary.rows())
+    report.print_line("go on by hand:")
     for line in summary.next_commands():
-        console.print(Text(f"  {line}"), soft_wrap=True)
+        report.print_line(f"  {line}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
