@@ -343,7 +343,7 @@ def query(
     index = runs.find_index(checkpoint, index)
     engine = QueryEngine(checkpoint, index, resolve_device(device))
     results = [engine.query(path, changes, text, k, strict=strict) for path in paths]
-    for warning in sorted({w for r in results for w in r.warnings}):
+    for warning in dict.fromkeys(w for r in results for w in r.warnings):  # once each, in order
         report.note(f"warning: {warning}")
     sheets = report.save_sheets(results, save) if save is not None else []
     if as_json:
