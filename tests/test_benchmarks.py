@@ -22,6 +22,8 @@ TINY = {
                     "--repeats", "1"],
     "query_latency": ["--device", "cpu", "--sizes", "1000", "--shapes", "tiny", "--dtypes",
                       "float16", "--runs", "2", "--repeats", "1"],
+    "serve_latency": ["--device", "cpu", "--sizes", "1000", "--shapes", "tiny", "--clients", "1",
+                      "2", "--requests", "2", "--repeats", "1"],
     "quality": ["--device", "cpu", "--products", "20", "--seeds", "0", "--set",
                 "train.iterations=1", "--set", "train.batch_size=4", "--set",
                 "data.image_size=32"],
@@ -35,10 +37,12 @@ ROW_KEYS = {
     "query_latency": {"gallery", "dim", "dtype", "search_p50_ms", "search_p95_ms", "e2e_p95_ms"},
     "quality": {"composer", "recall@1", "recall@10", "recall@50"},
     "strict_check": {"check", "images", "prepare_s", "images_per_s"},
+    "serve_latency": {"shape", "gallery", "clients", "errors", "p50_ms", "p95_ms"},
 }
 EXTRA_KEYS = {
     "train_speed": {"ratios", "feature_caching"},
     "query_latency": {"cold"},
+    "serve_latency": {"cold"},
     "quality": {"per_run"},
     "strict_check": {"strict_over_header"},
 }
@@ -72,6 +76,10 @@ def test_benchmark_runs_at_a_tiny_size_and_writes_json(name: str, tmp_path: Path
         (cold,) = written["cold"]
         assert cold["cli_s"] > 0
         assert 0 < cold["rss_imports_mb"] <= cold["rss_engine_mb"] <= cold["rss_peak_mb"]
+    if name == "serve_latency":
+        assert all(row["errors"] == 0 and row["p50_ms"] > 0 for row in written["rows"])
+        (cold,) = written["cold"]
+        assert cold["cli_s"] > 0 and cold["speedup"] > 0
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -44,6 +44,9 @@ CheckpointOpt = Annotated[
     Path | None,
     typer.Option(help="Checkpoint (.pt) or export folder (default: the newest run's best.pt)."),
 ]
+IndexOpt = Annotated[
+    Path | None, typer.Option(help="Index folder (default: the checkpoint run's).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
@@ -317,9 +320,7 @@ def query(
     ] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Number of results.")] = 10,
     checkpoint: CheckpointOpt = None,
-    index: Annotated[
-        Path | None, typer.Option(help="Index folder (default: the checkpoint run's).")
-    ] = None,
+    index: IndexOpt = None,
     save: Annotated[
         Path | None, typer.Option(help="Write a PNG contact sheet (one per image: NAME-N.png).")
     ] = None,
@@ -394,6 +395,41 @@ def demo(
     report.print_line("go on by hand:")
     for line in summary.next_commands():
         report.print_line(f"  {line}")
+
+
+@command
+def serve(
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest accepted upload in MB (larger: HTTP 413).")
+    ] = 10.0,
+    device: DeviceOpt = "auto",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Answer queries over HTTP, with a web page at http://HOST:PORT/ (Ctrl-C stops)."""
+    from stylequery import runs
+    from stylequery.serve import INSTALL_HINT, missing_requirements
+
+    if missing := missing_requirements():
+        raise StyleQueryError(f"serve needs {', '.join(missing)}: {INSTALL_HINT}")
+    from stylequery.inference import QueryEngine
+    from stylequery.runtime import resolve_device
+    from stylequery.serve.app import ServeSettings, run
+
+    if checkpoint is None:
+        checkpoint = runs.newest_checkpoint()
+        report.note(f"using {checkpoint}")
+    engine = QueryEngine(checkpoint, runs.find_index(checkpoint, index), resolve_device(device))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        report.note(f"warning: listening on {host}: anyone who can reach it can query")
+    report.note(f"serving {len(engine.index):,} items at http://{host}:{port}/")
+    run(engine, host, port, ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024)))
+    report.note("stopped")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from stylequery.checkpoint import LoadedModel, load_model
@@ -17,6 +19,7 @@ from stylequery.data import load_image, load_prepared
 from stylequery.encode import encode_images
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
+from stylequery.imagecache import resize_crop
 from stylequery.index import EmbeddingIndex, open_index
 from stylequery.progress import progress_bar
 from stylequery.vocab import Vocab, pad_batch, tokenize_words
@@ -192,7 +195,11 @@ class QueryResult:
 
 
 class QueryEngine:
-    """A checkpoint and an index loaded once, answering queries (the warm path)."""
+    """A checkpoint and an index loaded once, answering queries (the warm path).
+
+    Safe to share between threads: encoding is serialised by a lock (one forward pass at a time
+    on the shared weights), searches of the read-only index run in parallel.
+    """
 
     def __init__(
         self,
@@ -207,6 +214,7 @@ class QueryEngine:
         self.index.check_fingerprint(self.loaded.fingerprint)
         self.vocab = Vocab(self.loaded.vocab)
         self.device = device
+        self._encode_lock = threading.Lock()
 
     def texts_for(self, changes: list[tuple[str, str]], text: str | None) -> list[str]:
         """Modification texts: one per change (in the training template), or the free text."""
@@ -243,6 +251,11 @@ class QueryEngine:
     @torch.no_grad()
     def encode(self, image: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Composed, normalised query (1, D): each text applied to the previous composition."""
+        with self._encode_lock:
+            query = self._compose(image, texts)  # (1, D)
+        return F.normalize(query.float(), dim=-1).cpu()
+
+    def _compose(self, image: torch.Tensor, texts: list[str]) -> torch.Tensor:
         model = self.loaded.model
         query = self.encode_image(image, normalize=False)  # (1, D)
         for step, text in enumerate(texts, start=1):
@@ -254,24 +267,46 @@ class QueryEngine:
                     f"the composed query overflows at change {step} of {len(texts)}; "
                     "give fewer changes"
                 )
-        return F.normalize(query.float(), dim=-1).cpu()
+        return query
+
+    def source_image(self, source: Path | Image.Image | int) -> tuple[torch.Tensor, int, Path]:
+        """Pixels (3, S, S), gallery row (-1 if none) and name of a query source.
+
+        Args:
+            source: an image file, a decoded image (e.g. an upload), or a gallery row id.
+
+        Raises:
+            IndexError: for a row id outside the index.
+        """
+        size = self.loaded.encoding.image_size
+        if isinstance(source, int):
+            if not 0 <= source < len(self.index):
+                raise IndexError(f"no gallery item {source} (the index has {len(self.index)})")
+            path = Path(self.index.items([source])[0][0])
+            return load_image(path, size), source, path
+        if isinstance(source, Image.Image):
+            pixels = resize_crop(source.convert("RGB"), size)
+            name = Path(getattr(source, "filename", "") or "upload")
+            return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), -1, name
+        own = self.index.find(str(Path(source).resolve()))
+        return load_image(source, size), own, Path(source)
 
     def query(
         self,
-        image_path: Path,
+        source: Path | Image.Image | int,
         changes: list[tuple[str, str]],
         text: str | None = None,
         k: int = 10,
         strict: bool = False,
     ) -> QueryResult:
-        """Top-k gallery images for an image plus changes (the image itself is left out).
+        """Top-k gallery images for a source (image file, decoded image or gallery row) plus
+        changes; a source that is in the gallery is left out of its own results.
 
         The result's texts are what the model saw: a word the tokenizer drops or alters is a
         warning (an error when ``strict``).
         """
         texts, warnings = self.used_texts(self.texts_for(changes, text), strict)
-        image = load_image(image_path, self.loaded.encoding.image_size)
-        own = self.index.find(str(Path(image_path).resolve()))
+        image, own, name = self.source_image(source)
         scores, ids = self.index.search(self.encode(image, texts).numpy(), k, exclude=[own])
         source_caption = self.index.items([own])[0][1] if own >= 0 else None
         target = apply_changes(source_caption, changes) if source_caption and not text else None
@@ -283,7 +318,7 @@ class QueryEngine:
             hit = None if target is None or caption is None else caption == target
             hits.append(QueryHit(rank, float(score), path, caption, hit))
         warnings += self.unknown_word_warnings(texts)
-        return QueryResult(Path(image_path), texts, hits, source_caption, target, warnings)
+        return QueryResult(name, texts, hits, source_caption, target, warnings)
 
     @staticmethod
     def used_texts(texts: list[str], strict: bool = False) -> tuple[list[str], list[str]]:
