@@ -161,7 +161,7 @@ def synthetic_catalogue(
 
 def prepared_folder(root: Path, cache_size: int | None, name: str | None = None) -> Path:
     """``prepare`` a catalogue (with a uint8 image cache of ``cache_size`` px) unless done."""
-    from stylequery.data import prepare
+    from stylequery.prepare import prepare
 
     out = root / "prepared" / (name or f"pants-cache{cache_size or 0}")
     if not (out / "manifest.json").is_file():

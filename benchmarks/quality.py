@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import base_parser, write_result
 from stylequery import runtime
 from stylequery.config import load_config
-from stylequery.data import load_prepared, prepare
+from stylequery.data import load_prepared
 from stylequery.demo import DEMO_IMAGE_SIZE, DEMO_PRODUCTS
+from stylequery.prepare import prepare
 from stylequery.synth import synthesize
 from stylequery.train import train
 

@@ -47,7 +47,8 @@ from stylequery import runtime
 from stylequery.config import Config, load_config
 from stylequery.data import EpochSampler, PairDataset, PreparedData, load_prepared
 from stylequery.features import cache_backbone_features
-from stylequery.train import TrainState, build_loaders, build_state, optimise
+from stylequery.train import build_loaders, build_state, optimise
+from stylequery.trainstate import TrainState
 
 NAME = "train_speed"
 SETTINGS = (

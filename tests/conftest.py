@@ -21,7 +21,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from stylequery.config import Config, load_config
-from stylequery.data import load_prepared, prepare
+from stylequery.data import load_prepared
+from stylequery.prepare import prepare
 from stylequery.synth import synthesize
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -86,7 +86,7 @@ def test_user_text_is_printed_literally(
     assert "warning: '[bold]red[/bold]' was read as 'boldredbold'" in result.stderr
     assert "warning: '[/x]' was read as 'x'" in result.stderr
     message = cli.fails("query", "[/x].jpeg", *args, needle="[/x].jpeg")
-    assert message == "error: query image not found: [/x].jpeg"
+    assert message == "error: [/x].jpeg: no such image file or folder"
     out = cli.ok("synth", "[sale]", "--products", "4", "--image-size", "16").stdout
     assert "synthetic catalogue: [sale]" in out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import pickle
 import shutil
@@ -30,12 +31,12 @@ from stylequery.data import (
     load_image,
     load_prepared,
     modification_text,
-    prepare,
     query_target_labels,
     query_texts,
 )
 from stylequery.errors import ConfigError, DataError
 from stylequery.labels import read_label_file, resolve_categories, subset_name
+from stylequery.prepare import prepare
 from stylequery.vocab import Vocab
 
 TRAIN = "pants_train_detect_all.txt"
@@ -258,7 +259,7 @@ def test_failed_prepare_keeps_the_earlier_prepared_folder(
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("stylequery.prepare._write_missing", fail)
+    monkeypatch.setattr(importlib.import_module("stylequery.prepare"), "_write_missing", fail)
     with pytest.raises(OSError, match="disk full"):
         prepare(data_config(root))
     assert _snapshot(first) == before

@@ -3,46 +3,30 @@ gallery exactly however the checkpoint was trained."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from stylequery.checkpoint import load_checkpoint, load_model, save_checkpoint
-from stylequery.config import Config, load_config
-from stylequery.data import load_image, load_prepared
+from stylequery.checkpoint import load_checkpoint, load_model
+from stylequery.config import load_config
+from stylequery.data import load_image
 from stylequery.encode import Encoding, encode_images
 from stylequery.errors import CheckpointError
 from stylequery.index import EmbeddingIndex
 from stylequery.inference import QueryEngine, embed
-from stylequery.loss import build_loss
 from stylequery.model import build_model
 
 CPU = torch.device("cpu")
-TINY = [
-    "data.image_size=32",
-    "model.embed_dim=16",
-    "model.word_dim=16",
-    "model.text_hidden=16",
-    "data.num_workers=0",
-]
-
-
-def _checkpoint(path: Path, cfg: Config, vocab: list[str]) -> Path:
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(vocab))
-    loss = build_loss("batch_classification", 4.0)
-    save_checkpoint(path, model=model, loss=loss, cfg=cfg, vocab=vocab, iteration=0)
-    return path
+MakeCheckpoint = Callable[..., Path]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_gallery_image_as_query_encodes_to_its_index_vector(
-    precision: str, tiny_prepared: Path, tmp_path: Path
+    precision: str, make_checkpoint: MakeCheckpoint, tiny_prepared: Path, tmp_path: Path
 ) -> None:
-    cfg = load_config(None, [*TINY, f"train.precision={precision}"])
-    vocab = list(load_prepared(tiny_prepared).vocab.tokens)
-    checkpoint = _checkpoint(tmp_path / "weights" / "best.pt", cfg, vocab)
+    checkpoint = make_checkpoint(tmp_path / "best.pt", 0, f"train.precision={precision}")
     embed(checkpoint, tiny_prepared, tmp_path / "index", CPU, batch_size=8, num_workers=0)
     index = EmbeddingIndex.load(tmp_path / "index")
     engine = QueryEngine(checkpoint, tmp_path / "index", CPU)
@@ -58,9 +42,11 @@ def test_gallery_image_as_query_encodes_to_its_index_vector(
     assert gap > 1e-3 if precision == "bf16" else gap < 1e-5
 
 
-def test_encoding_record_round_trips_through_a_checkpoint(tiny_prepared: Path, tmp_path: Path):
-    cfg = load_config(None, [*TINY, "train.precision=bf16", "train.channels_last=false"])
-    path = _checkpoint(tmp_path / "m.pt", cfg, ["<UNK>", "black"])
+def test_encoding_record_round_trips_through_a_checkpoint(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    settings = ["train.precision=bf16", "train.channels_last=false"]
+    path = make_checkpoint(tmp_path / "m.pt", 0, *settings)
     record = load_checkpoint(path)["encoding"]
     assert record == {
         "image_size": 32,
@@ -73,18 +59,20 @@ def test_encoding_record_round_trips_through_a_checkpoint(tiny_prepared: Path, t
     assert loaded.encoding == Encoding(32, "bf16", False)
 
 
-def test_checkpoint_without_encoding_record_derives_it_from_its_config(tmp_path: Path) -> None:
-    cfg = load_config(None, [*TINY, "data.image_size=48", "train.precision=bf16"])
-    path = _checkpoint(tmp_path / "old.pt", cfg, ["<UNK>", "black"])
+def test_checkpoint_without_encoding_record_derives_it_from_its_config(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    path = make_checkpoint(tmp_path / "old.pt", 0, "data.image_size=48", "train.precision=bf16")
     payload = load_checkpoint(path)
     del payload["encoding"]  # as written before the record existed
     torch.save(payload, path)
     assert load_model(path, CPU).encoding == Encoding(48, "bf16", True)
 
 
-def test_encoding_mean_and_std_drive_the_model(tmp_path: Path) -> None:
-    cfg = load_config(None, TINY)
-    path = _checkpoint(tmp_path / "m.pt", cfg, ["<UNK>"])
+def test_encoding_mean_and_std_drive_the_model(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    path = make_checkpoint(tmp_path / "m.pt")
     payload = load_checkpoint(path)
     payload["encoding"]["mean"] = [0.5, 0.5, 0.5]
     torch.save(payload, path)
@@ -93,12 +81,14 @@ def test_encoding_mean_and_std_drive_the_model(tmp_path: Path) -> None:
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         ours = encode_images(loaded.model, images, loaded.encoding, CPU)
-        standard = encode_images(build_model(cfg.model, 1), images, loaded.encoding, CPU)
+        standard = encode_images(build_model(loaded.cfg.model, 1), images, loaded.encoding, CPU)
     assert not torch.allclose(ours, standard)
 
 
-def test_malformed_encoding_record_names_the_checkpoint(tmp_path: Path) -> None:
-    path = _checkpoint(tmp_path / "m.pt", load_config(None, TINY), ["<UNK>"])
+def test_malformed_encoding_record_names_the_checkpoint(
+    make_checkpoint: MakeCheckpoint, tmp_path: Path
+) -> None:
+    path = make_checkpoint(tmp_path / "m.pt")
     payload = load_checkpoint(path)
     payload["encoding"]["precision"] = "fp8"
     torch.save(payload, path)
@@ -107,7 +97,7 @@ def test_malformed_encoding_record_names_the_checkpoint(tmp_path: Path) -> None:
 
 
 def test_features_and_images_encode_alike() -> None:
-    cfg = load_config(None, TINY)
+    cfg = load_config("tiny.yaml")
     torch.manual_seed(0)
     model = build_model(cfg.model, 1).eval()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)

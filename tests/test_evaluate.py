@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from stylequery.checkpoint import read_config
 from stylequery.config import Config, load_config
 from stylequery.data import PreparedData, caption_difference, load_prepared
 from stylequery.evaluate import evaluate, evaluate_model, select_queries
@@ -17,8 +18,8 @@ CPU = torch.device("cpu")
 def test_evaluate_is_deterministic_and_writes_metrics(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    first = evaluate(tiny_checkpoint, CPU, out=tmp_path / "a.json", breakdown=True)
-    second = evaluate(tiny_checkpoint, CPU, out=tmp_path / "b.json", breakdown=True)
+    first = evaluate(tiny_checkpoint, device=CPU, out=tmp_path / "a.json", breakdown=True)
+    second = evaluate(tiny_checkpoint, device=CPU, out=tmp_path / "b.json", breakdown=True)
     assert first.metrics == second.metrics
     data = json.loads((tmp_path / "a.json").read_text())
     assert [k for k in data if k.startswith("recall@")] == [
@@ -39,14 +40,16 @@ def test_evaluate_is_deterministic_and_writes_metrics(
 
 
 def test_gallery_is_the_whole_split(tiny_checkpoint: Path, tiny_prepared: Path) -> None:
-    result = evaluate(tiny_checkpoint, CPU)
+    result = evaluate(tiny_checkpoint, device=CPU)
     prepared = load_prepared(tiny_prepared)
     assert result.gallery_size == len(prepared.split("test"))
     assert result.num_queries == len(prepared.queries)
 
 
 def test_train_split_and_query_cap(tiny_checkpoint: Path, tiny_prepared: Path) -> None:
-    result = evaluate(tiny_checkpoint, CPU, overrides=["eval.split=train", "eval.max_queries=5"])
+    base = read_config(tiny_checkpoint)
+    cfg = load_config(None, ["eval.split=train", "eval.max_queries=5"], base=base)
+    result = evaluate(tiny_checkpoint, cfg, device=CPU)
     assert result.split == "train" and result.num_queries == 5
     assert result.gallery_size == len(load_prepared(tiny_prepared).split("train"))
 

@@ -118,3 +118,45 @@ def test_several_changes_apply_in_order(tiny_checkpoint: Path, tiny_index: Path)
         "green wide pants"
     )
     assert apply_changes("black skinny pants", [("blue", "green")]) is None
+
+
+def test_query_sources_path_upload_and_row_give_the_same_answer(
+    tiny_checkpoint: Path, tiny_index: Path
+) -> None:
+    from PIL import Image
+
+    engine = QueryEngine(tiny_checkpoint, tiny_index, CPU)
+    row, k = 4, len(engine.index)
+    path = Path(engine.index.items([row])[0][0])
+    by_path = engine.query(path, [("black", "green")], k=k)
+    by_row = engine.query(row, [("black", "green")], k=k)
+    with Image.open(path) as upload:
+        by_upload = engine.query(upload, [("black", "green")], k=k)
+    assert by_row.to_json() == by_path.to_json()
+    assert len(by_row.hits) == k - 1  # a row id is left out of its results like its path
+    assert str(path) not in [h.path for h in by_row.hits]
+    # An upload is not known to be in the gallery: the photo itself is among its results.
+    assert by_upload.source_caption is None and len(by_upload.hits) == k
+    others = [(h.path, h.score) for h in by_upload.hits if h.path != str(path)]
+    assert others == [(h.path, h.score) for h in by_path.hits]
+
+
+def test_out_of_range_row_is_a_clear_error(tiny_checkpoint: Path, tiny_index: Path) -> None:
+    engine = QueryEngine(tiny_checkpoint, tiny_index, CPU)
+    with pytest.raises(StyleQueryError, match=r"gallery row 9999 is out of range"):
+        engine.query(9999, [("black", "green")])
+
+
+def test_image_paths_expands_folders_in_order(tmp_path: Path) -> None:
+    from stylequery.inference import image_paths
+
+    for name in ("b/2.png", "b/1.JPG", "b/notes.txt", "a.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = image_paths([tmp_path / "a.webp", tmp_path / "b"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a.webp", "b/1.JPG", "b/2.png"]
+    with pytest.raises(StyleQueryError, match=r"missing\.jpg: no such image file or folder"):
+        image_paths([tmp_path / "missing.jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StyleQueryError, match=r"empty: no \.jpg"):
+        image_paths([tmp_path / "empty"])

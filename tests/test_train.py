@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import socket
 from pathlib import Path
 
@@ -104,7 +105,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
             return value * float("nan") if self.calls >= 3 else value
 
     monkeypatch.setattr(
-        "stylequery.train.build_loss", lambda name, scale: Poisoned(build_loss(name, scale))
+        importlib.import_module("stylequery.train"),
+        "build_loss",
+        lambda name, scale: Poisoned(build_loss(name, scale)),
     )
     cfg = _with(tiny_config, "train.iterations=5", "train.checkpoint_every=1", "train.eval_every=0")
     with pytest.raises(TrainingDiverged, match="iteration 3"):

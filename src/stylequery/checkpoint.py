@@ -1,13 +1,16 @@
-"""Self-describing checkpoints: weights, resolved config, vocabulary, version and training state.
+"""Self-describing checkpoints and exports: weights, resolved config, vocabulary, image
+encoding, version and (``last.pt`` only) training state.
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with
-``torch.load(weights_only=True)``: no pickled classes, nothing executed on load. Evaluate, embed
-and query need nothing but the checkpoint.
+``torch.load(weights_only=True)``: no pickled classes, nothing executed on load. An export
+folder holds the same model as ``model.safetensors`` plus ``stylequery.json``. Evaluate, embed
+and query need nothing but one of the two (:func:`load_model` reads both).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
 import random
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -23,7 +28,8 @@ from stylequery import __version__
 from stylequery.config import Config, config_from_dict, config_to_dict
 from stylequery.encode import Encoding
 from stylequery.errors import CheckpointError
-from stylequery.fileio import atomic_file
+from stylequery.fileio import atomic_dir, atomic_file, write_json
+from stylequery.runtime import resolve_device
 
 if TYPE_CHECKING:
     from stylequery.model import StyleQueryModel
@@ -31,6 +37,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = "stylequery-checkpoint/1"
+EXPORT_FORMAT = "stylequery-export/1"
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_META = "stylequery.json"
 
 
 def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
@@ -139,16 +148,82 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a stylequery checkpoint")
     return payload
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def export_model(checkpoint: Path, out_dir: Path) -> Path:
+    """Write a checkpoint's model as an export folder, atomically, and return the folder.
+
+    The folder holds ``model.safetensors`` (the weights, loadable without unpickling) and
+    ``stylequery.json`` (config, vocabulary, encoding record, fingerprint, version, metrics):
+    all that :func:`load_model` needs, without optimiser, scheduler or RNG state.
+    """
+    payload = load_checkpoint(checkpoint)
+    cfg = config_from_dict(payload["config"])
+    meta = {key: payload[key] for key in ("version", "fingerprint", "iteration", "vocab")}
+    meta.update(
+        format=EXPORT_FORMAT,
+        config=payload["config"],
+        encoding=read_encoding(payload, cfg, Path(checkpoint)).to_dict(),
+        metrics=payload.get("metrics", {}),
+        source=Path(checkpoint).name,
+    )
+    weights = {k: v.contiguous() for k, v in payload["model"].items()}
+    with atomic_dir(Path(out_dir)) as tmp:
+        safetensors.torch.save_file(weights, str(tmp / EXPORT_WEIGHTS))
+        write_json(tmp / EXPORT_META, meta)
+    return Path(out_dir)
+
+
+def read_export(folder: Path) -> dict[str, Any]:
+    """An export folder as a checkpoint-like dict (``model`` weights, ``config``, ``vocab``,
+    ``encoding``, ``fingerprint``, ``iteration``), its weights checked against the fingerprint."""
+    meta_path, weights_path = folder / EXPORT_META, folder / EXPORT_WEIGHTS
+    payload = _read_export_meta(meta_path)
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing from the export folder")
+    try:
+        payload["model"] = safetensors.torch.load_file(str(weights_path))
+    except (safetensors.SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable weights ({_first_line(exc)})") from None
+    if fingerprint(payload["model"]) != payload["fingerprint"]:
+        raise CheckpointError(f"{weights_path}: weights do not match the recorded fingerprint")
+    return payload
+
+
+def _read_export_meta(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: not a checkpoint file nor an export folder")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({_first_line(exc)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path}: not a stylequery export")
+    missing = sorted({"config", "vocab", "fingerprint", "iteration"} - set(payload))
+    if missing:
+        raise CheckpointError(f"{path}: missing {', '.join(missing)}")
+    return payload
+
+
+def read_config(path: Path) -> Config:
+    """The resolved config stored in a checkpoint or export folder."""
+    path = Path(path)
+    payload = _read_export_meta(path / EXPORT_META) if path.is_dir() else load_checkpoint(path)
+    return config_from_dict(payload["config"])
+
+
 @dataclass
 class LoadedModel:
-    """A model rebuilt from a checkpoint, ready for inference."""
+    """A model rebuilt from a checkpoint or export, ready for inference."""
 
     model: StyleQueryModel
     cfg: Config
@@ -166,28 +241,30 @@ def read_encoding(payload: dict[str, Any], cfg: Config, source: Path) -> Encodin
     return Encoding.from_config(cfg)
 
 
-def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """Rebuild the model of a checkpoint in eval mode on ``device`` (no pretrained download)."""
+def load_model(path: Path, device: torch.device | str = "auto") -> LoadedModel:
+    """Rebuild the model of a checkpoint (``.pt``) or export folder in eval mode on ``device``,
+    with the image encoding it was trained with (no pretrained download)."""
     from stylequery.model import build_model
 
-    payload = load_checkpoint(path)
+    path, device = Path(path), resolve_device(device)
+    payload = read_export(path) if path.is_dir() else load_checkpoint(path)
     cfg = config_from_dict(payload["config"])
     model = build_model(cfg.model, len(payload["vocab"]), load_pretrained=False)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise CheckpointError(
-            f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})"
+            f"{path}: weights do not fit the model ({_first_line(exc)})"
         ) from None
-    encoding = read_encoding(payload, cfg, Path(path))
+    encoding = read_encoding(payload, cfg, path)
     encoding.apply_to(model)
     model.to(device).eval()
     return LoadedModel(
         model=model,
         cfg=cfg,
-        vocab=payload["vocab"],
+        vocab=list(payload["vocab"]),
         fingerprint=payload["fingerprint"],
-        path=Path(path),
+        path=path,
         iteration=int(payload["iteration"]),
         encoding=encoding,
     )

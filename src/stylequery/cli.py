@@ -161,7 +161,7 @@ def prepare(
     The catalogue is data.root; the prepared folder data.prepared_dir (default:
     ROOT/prepared/SUBSET); data.categories=[all] takes every category.
     """
-    from stylequery.data import prepare as prepare_data
+    from stylequery.prepare import prepare as prepare_data
 
     cfg = _settings(config, set_, overrides)
     summary = prepare_data(cfg.data, strict=strict, image_cache=image_cache)
@@ -236,6 +236,7 @@ def evaluate(
     Settings apply on top of the checkpoint's own (e.g. eval.split=train, data.prepared_dir=X).
     """
     from stylequery import runs
+    from stylequery.checkpoint import read_config
     from stylequery.evaluate import evaluate as run_eval
     from stylequery.runtime import resolve_device
 
@@ -244,7 +245,10 @@ def evaluate(
         report.note(f"using {checkpoint}")
     out = out or runs.metrics_path(checkpoint)
     settings = [*(set_ or []), *(overrides or [])]
-    result = run_eval(checkpoint, resolve_device(device), config, settings, None, out, breakdown)
+    cfg = None  # the checkpoint's own settings, unless some are given
+    if config or settings:
+        cfg = load_config(config, settings, base=read_config(checkpoint))
+    result = run_eval(checkpoint, cfg, device=resolve_device(device), out=out, breakdown=breakdown)
     if as_json:
         return report.print_json(result)
     report.print_metrics(result)
@@ -333,11 +337,13 @@ def query(
 ) -> None:
     """Find catalogue images that look like each IMAGE after the change (model loaded once)."""
     from stylequery import runs
-    from stylequery.inference import QueryEngine, parse_change
+    from stylequery.inference import QueryEngine, image_paths, parse_change
     from stylequery.runtime import resolve_device
 
+    if not change and not text:
+        raise StyleQueryError("give at least one --change FROM:TO or a --text")
     changes = [parse_change(c) for c in change or []]
-    paths = _query_images(images)
+    paths = image_paths(images)
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()
         report.note(f"using {checkpoint}")
@@ -356,24 +362,6 @@ def query(
         report.print_line(f"wrote {sheet}")
 
 
-def _query_images(paths: list[Path]) -> list[Path]:
-    """Each path as given, or the images under a folder (sorted); a missing one is an error."""
-    from stylequery.inference import IMAGE_SUFFIXES
-
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not inside:
-                raise StyleQueryError(f"{path}: no .jpg, .jpeg, .png or .webp images found")
-            found += inside
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise StyleQueryError(f"query image not found: {path}")
-    return found
-
-
 @command
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
@@ -389,7 +377,9 @@ def demo(
     from stylequery.demo import run_demo
     from stylequery.runtime import resolve_device
 
-    summary = run_demo(out, resolve_device(device), fresh=fresh, console=report.err_console)
+    summary = run_demo(
+        out, resolve_device(device), fresh=fresh, on_step=lambda name: report.err_console.rule(name)
+    )
     report.print_hits(summary.answer, limit=5)
     report.print_rows("demo finished", summary.rows())
     report.print_line("go on by hand:")

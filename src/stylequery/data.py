@@ -31,14 +31,7 @@ from stylequery.captions import (
 )
 from stylequery.errors import DataError
 from stylequery.imagecache import ImageSource, cache_file_name, load_image, open_cache
-from stylequery.labels import SPLITS, Item, read_items, subset_name
-from stylequery.prepare import (
-    PREPARED_FORMAT,
-    PrepareSummary,
-    default_prepared_dir,
-    prepare,
-    prepared_dir,
-)
+from stylequery.labels import PREPARED_FORMAT, SPLITS, Item, prepared_dir, read_items, subset_name
 from stylequery.queries import QUERY_FILE, read_prepared_queries
 from stylequery.vocab import Vocab, pad_batch
 
@@ -47,20 +40,17 @@ __all__ = [
     "ImageDataset",
     "Item",
     "PairDataset",
-    "PrepareSummary",
     "PreparedData",
     "SiblingIndex",
     "caption_difference",
     "caption_labels",
     "collate_pairs",
-    "default_prepared_dir",
     "generate_queries",
     "is_sibling",
     "load_image",
     "load_prepared",
     "modification_text",
     "normalize_caption",
-    "prepare",
     "prepared_dir",
     "query_target_labels",
     "query_texts",
@@ -161,7 +151,7 @@ def _require_file(path: Path) -> Path:
 
 def _read_manifest(dir: Path) -> dict[str, Any]:
     if not dir.is_dir():
-        raise DataError(f"{dir}: prepared folder not found; run `stylequery prepare` first")
+        raise DataError(f"{dir}: prepared folder not found; prepare it first")
     path = _require_file(dir / "manifest.json")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

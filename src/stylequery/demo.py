@@ -9,17 +9,19 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from stylequery.config import load_config
-from stylequery.data import caption_difference, load_prepared, prepare
-from stylequery.evaluate import COLOUR_WORDS, EvalResult, evaluate
+from stylequery.data import caption_difference, load_prepared
+from stylequery.evaluate import COLOUR_WORDS, evaluate
 from stylequery.inference import QueryEngine, QueryResult, embed
+from stylequery.prepare import prepare
 from stylequery.runs import checkpoint_paths, relative_to_cwd
+from stylequery.runtime import resolve_device
 from stylequery.synth import synthesize
 from stylequery.viz import SheetItem, contact_sheet
 
@@ -72,34 +74,41 @@ class DemoSummary:
 
 
 def run_demo(
-    out: Path, device: torch.device, fresh: bool = False, console: Any = None
+    out: Path,
+    device: torch.device | str = "auto",
+    fresh: bool = False,
+    on_step: Callable[[str], None] | None = None,
 ) -> DemoSummary:
-    """Run (or finish) the demo in ``out`` and return where everything is."""
+    """Run (or finish) the demo in ``out`` and return where everything is.
+
+    ``on_step`` is called with each step's name ("synth", "prepare", ...) as it starts.
+    """
+    device = resolve_device(device)
     if fresh and out.exists():
         shutil.rmtree(out)
     timings: dict[str, float] = {}
     catalogue, prepared_dir = out / "catalogue", out / "catalogue" / "prepared" / "pants"
     cfg = load_config("cpu.yaml", [f"data.root={catalogue}", f"data.prepared_dir={prepared_dir}"])
-    with _timed(timings, "synth", console):
+    with _timed(timings, "synth", on_step):
         if not (catalogue / "labels").is_dir():
             synthesize(catalogue, products=DEMO_PRODUCTS, image_size=DEMO_IMAGE_SIZE, seed=0)
-    with _timed(timings, "prepare", console):
+    with _timed(timings, "prepare", on_step):
         if not (prepared_dir / "manifest.json").is_file():
             prepare(cfg.data, prepared_dir, image_cache=cfg.data.image_size)
     run_dir = out / "runs" / "train" / cfg.train.name
     best = checkpoint_paths(run_dir)[1]
-    with _timed(timings, "train", console):
+    with _timed(timings, "train", on_step):
         if not best.is_file():
             from stylequery.train import train
 
             train(cfg, run_dir, device)
-    with _timed(timings, "evaluate", console):
-        result = _evaluate(best, run_dir / "metrics.json", device)
+    with _timed(timings, "evaluate", on_step):
+        result = evaluate(best, device=device, out=run_dir / "metrics.json", breakdown=True)
     index = run_dir / "index"
-    with _timed(timings, "embed", console):
+    with _timed(timings, "embed", on_step):
         if not (index / "index.json").is_file():
             embed(best, prepared_dir, index, device, num_workers=0)
-    with _timed(timings, "query", console):
+    with _timed(timings, "query", on_step):
         image, change, answer = _query(best, index, prepared_dir, device)
         sheet = out / "results.png"
         items = [SheetItem(Path(h.path), h.score, h.caption, h.hit) for h in answer.hits]
@@ -120,10 +129,6 @@ def run_demo(
     )
 
 
-def _evaluate(checkpoint: Path, out: Path, device: torch.device) -> EvalResult:
-    return evaluate(checkpoint, device, out=out, breakdown=True)
-
-
 def _query(
     checkpoint: Path, index: Path, prepared_dir: Path, device: torch.device
 ) -> tuple[Path, tuple[str, str], QueryResult]:
@@ -142,12 +147,14 @@ def _query(
 class _timed:
     """Time a demo step and announce it."""
 
-    def __init__(self, timings: dict[str, float], name: str, console: Any) -> None:
-        self.timings, self.name, self.console = timings, name, console
+    def __init__(
+        self, timings: dict[str, float], name: str, on_step: Callable[[str], None] | None
+    ) -> None:
+        self.timings, self.name, self.on_step = timings, name, on_step
 
     def __enter__(self) -> None:
-        if self.console is not None:
-            self.console.rule(f"[bold]{self.name}")
+        if self.on_step is not None:
+            self.on_step(self.name)
         self.start = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:

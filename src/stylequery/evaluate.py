@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from stylequery.checkpoint import load_model
-from stylequery.config import Config, config_to_dict, load_config, replace
+from stylequery.config import Config, config_to_dict, replace
 from stylequery.data import (
     ImageDataset,
     PreparedData,
@@ -26,17 +26,19 @@ from stylequery.data import (
     generate_queries,
     load_prepared,
     modification_text,
+    prepared_dir,
 )
 from stylequery.encode import Encoding, encode_dataset, encode_images
 from stylequery.errors import DataError
 from stylequery.fileio import write_json
 from stylequery.metrics import first_hit_rank, recall_at_k, recall_by_group
 from stylequery.model import StyleQueryModel
+from stylequery.runtime import resolve_device
 from stylequery.vocab import Vocab, pad_batch
 
 logger = logging.getLogger(__name__)
 
-# Words counted as colours by ``--breakdown``; a query whose changed word pair are both in this
+# Words counted as colours by the breakdown; a query whose changed word pair are both in this
 # list is a "colour" query, every other query is "other".
 COLOUR_WORDS = frozenset(
     [
@@ -236,28 +238,33 @@ def _change_group(source_caption: str, target_caption: str) -> str:
 
 
 def evaluate(
-    checkpoint_path: Path,
-    device: torch.device,
-    config_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    prepared_dir: Path | None = None,
+    checkpoint: Path,
+    cfg: Config | None = None,
+    *,
+    device: torch.device | str = "auto",
+    prepared: Path | None = None,
     out: Path | None = None,
     breakdown: bool = False,
 ) -> EvalResult:
-    """Evaluate a checkpoint on a prepared split and write ``metrics.json`` to ``out``.
+    """Evaluate a checkpoint (or export folder) on a prepared split.
 
-    The config stored in the checkpoint is the base; ``config_path`` and ``overrides`` (data and
-    eval settings, e.g. ``eval.split=train``) apply on top. The model always comes from the
-    checkpoint.
+    Args:
+        checkpoint: A ``.pt`` checkpoint or an export folder.
+        cfg: Data and eval settings (e.g. ``eval.split``); default: the checkpoint's own config.
+            The model and its image encoding always come from the checkpoint.
+        device: ``auto``, ``cpu``, ``cuda:N``, ``mps`` or a torch device.
+        prepared: Prepared folder; default: the one ``cfg.data`` points at.
+        out: Write the result as ``metrics.json`` here.
+        breakdown: Also recall by changed word, colour vs other.
     """
-    loaded = load_model(checkpoint_path, device)
-    cfg = load_config(config_path, overrides, base=loaded.cfg)
-    cfg = replace(cfg, model=loaded.cfg.model)
-    prepared = load_prepared(prepared_dir or resolve_prepared_dir(cfg))
-    _check_vocab(prepared, loaded.vocab, checkpoint_path)
+    device = resolve_device(device)
+    loaded = load_model(checkpoint, device)
+    cfg = replace(cfg or loaded.cfg, model=loaded.cfg.model)
+    data = load_prepared(prepared or prepared_dir(cfg.data))
+    _check_vocab(data, loaded.vocab, checkpoint)
     result = evaluate_model(
         loaded.model,
-        prepared,
+        data,
         cfg,
         device,
         max_queries=cfg.eval.max_queries,
@@ -266,21 +273,12 @@ def evaluate(
         encoding=loaded.encoding,
     )
     if out is not None:
-        data = result.to_json()
-        data.update(
-            checkpoint=str(checkpoint_path),
-            fingerprint=loaded.fingerprint,
-            config=config_to_dict(cfg),
+        record = result.to_json()
+        record.update(
+            checkpoint=str(checkpoint), fingerprint=loaded.fingerprint, config=config_to_dict(cfg)
         )
-        write_json(out, data)
+        write_json(out, record)
     return result
-
-
-def resolve_prepared_dir(cfg: Config) -> Path:
-    """The prepared folder a config points at."""
-    from stylequery.data import default_prepared_dir
-
-    return Path(cfg.data.prepared_dir) if cfg.data.prepared_dir else default_prepared_dir(cfg.data)
 
 
 def _check_vocab(prepared: PreparedData, vocab: list[str], checkpoint_path: Path) -> None:

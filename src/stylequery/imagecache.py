@@ -63,15 +63,23 @@ def decode_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndar
     """
     try:
         with Image.open(path) as image:
-            _check_pixels(image, max_pixels)
-            # JPEG only: let libjpeg decode at a reduced scale that still covers S x S.
-            image.draft("RGB", (size, size))
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            return image_array(image, size, max_pixels)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except _PIL_ERRORS as exc:
         raise DataError(f"{path}: cannot read image: {_one_line(exc)}") from None
-    return resize_crop(rgb, size)
+
+
+def image_array(image: Image.Image, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An opened image (upright by its EXIF, as RGB) -> uint8 pixels (S, S, 3).
+
+    Raises:
+        ValueError: More pixels than ``max_pixels`` (checked before decoding).
+    """
+    _check_pixels(image, max_pixels)
+    # JPEG not yet decoded: let libjpeg decode at a reduced scale that still covers S x S.
+    image.draft("RGB", (size, size))
+    return resize_crop(ImageOps.exif_transpose(image).convert("RGB"), size)
 
 
 def resize_crop(image: Image.Image, size: int) -> np.ndarray:
@@ -88,9 +96,17 @@ def resize_crop(image: Image.Image, size: int) -> np.ndarray:
     return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def load_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Image file -> uint8 tensor (3, S, S); see :func:`decode_image`."""
-    return torch.from_numpy(decode_image(path, size, max_pixels)).permute(2, 0, 1).contiguous()
+def load_image(path: Path | Image.Image, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Image file, or an opened image (an upload) -> uint8 tensor (3, S, S); see
+    :func:`decode_image`."""
+    if isinstance(path, Image.Image):
+        try:
+            pixels = image_array(path, size, max_pixels)
+        except _PIL_ERRORS as exc:
+            raise DataError(f"cannot read the given image: {_one_line(exc)}") from None
+    else:
+        pixels = decode_image(path, size, max_pixels)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def image_problem(path: Path, max_pixels: int = MAX_PIXELS, full: bool = False) -> str | None:

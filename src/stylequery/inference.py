@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,14 +20,15 @@ from stylequery.data import load_image, load_prepared
 from stylequery.encode import encode_images
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
-from stylequery.imagecache import resize_crop
 from stylequery.index import EmbeddingIndex, open_index
 from stylequery.progress import progress_bar
+from stylequery.runtime import resolve_device
 from stylequery.vocab import Vocab, pad_batch, tokenize_words
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+QuerySource = Path | str | Image.Image | int  # image file, upload, or gallery row id
 
 
 @dataclass
@@ -77,11 +79,26 @@ def gallery_source(source: Path, split: str) -> tuple[list[Path], list[str | Non
         items = prepared.split(split)
         return [prepared.root / it.path for it in items], [it.caption for it in items]
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise DataError(f"{source}: no .jpg, .jpeg, .png or .webp images found (recursive)")
+        paths = image_paths([source])
         return paths, [None] * len(paths)
     raise DataError(f"{source}: not a prepared folder (no manifest.json) nor a folder of images")
+
+
+def image_paths(sources: Sequence[Path | str]) -> list[Path]:
+    """Image files from a list of files and folders: a file as given, a folder's .jpg, .jpeg,
+    .png and .webp images (recursive, sorted), in the order of ``sources``."""
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_file():
+            paths.append(source)
+        elif source.is_dir():
+            found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{source}: no .jpg, .jpeg, .png or .webp images found (recursive)")
+            paths += found
+        else:
+            raise DataError(f"{source}: no such image file or folder")
+    return paths
 
 
 @torch.no_grad()
@@ -89,7 +106,7 @@ def embed(
     checkpoint: Path,
     source: Path,
     out: Path,
-    device: torch.device,
+    device: torch.device | str = "auto",
     split: str = "test",
     append: bool = False,
     batch_size: int = 64,
@@ -105,7 +122,7 @@ def embed(
     Raises:
         LockError: Another process kept the index locked for longer than the lock timeout.
     """
-    start = time.perf_counter()
+    start, device = time.perf_counter(), resolve_device(device)
     loaded = load_model(checkpoint, device)
     paths, captions = gallery_source(source, split)
     with exclusive_lock(out):  # a concurrent embed into `out` waits: no append is lost
@@ -161,7 +178,7 @@ def parse_change(spec: str) -> tuple[str, str]:
     """``"black:green"`` -> ``("black", "green")``."""
     src, sep, tgt = spec.partition(":")
     if not sep or not src.strip() or not tgt.strip() or ":" in tgt:
-        raise StyleQueryError(f"--change {spec!r} must be FROM:TO, e.g. --change black:green")
+        raise StyleQueryError(f"change {spec!r} must be FROM:TO, e.g. black:green")
     return src.strip().lower(), tgt.strip().lower()
 
 
@@ -205,15 +222,16 @@ class QueryEngine:
         self,
         checkpoint: Path,
         index_dir: Path | str,
-        device: torch.device,
+        device: torch.device | str = "auto",
         search_params: dict[str, Any] | None = None,
     ) -> None:
-        """Load the checkpoint and open the index (any backend; ``search_params`` tune it)."""
-        self.loaded = load_model(checkpoint, device)
+        """Load the checkpoint (or export folder) and open the index (any backend;
+        ``search_params`` tune it)."""
+        self.device = resolve_device(device)
+        self.loaded = load_model(checkpoint, self.device)
         self.index = open_index(index_dir, **(search_params or {}))
         self.index.check_fingerprint(self.loaded.fingerprint)
         self.vocab = Vocab(self.loaded.vocab)
-        self.device = device
         self._encode_lock = threading.Lock()
 
     def texts_for(self, changes: list[tuple[str, str]], text: str | None) -> list[str]:
@@ -222,7 +240,7 @@ class QueryEngine:
         if text:
             return [text]
         if not changes:
-            raise StyleQueryError("give at least one --change FROM:TO or a --text")
+            raise StyleQueryError("give at least one FROM:TO change or a modification text")
         return [template.format(src=src, tgt=tgt) for src, tgt in changes]
 
     def unknown_word_warnings(self, texts: list[str]) -> list[str]:
@@ -269,41 +287,25 @@ class QueryEngine:
                 )
         return query
 
-    def source_image(self, source: Path | Image.Image | int) -> tuple[torch.Tensor, int, Path]:
-        """Pixels (3, S, S), gallery row (-1 if none) and name of a query source.
-
-        Args:
-            source: an image file, a decoded image (e.g. an upload), or a gallery row id.
-
-        Raises:
-            IndexError: for a row id outside the index.
-        """
-        size = self.loaded.encoding.image_size
-        if isinstance(source, int):
-            if not 0 <= source < len(self.index):
-                raise IndexError(f"no gallery item {source} (the index has {len(self.index)})")
-            path = Path(self.index.items([source])[0][0])
-            return load_image(path, size), source, path
-        if isinstance(source, Image.Image):
-            pixels = resize_crop(source.convert("RGB"), size)
-            name = Path(getattr(source, "filename", "") or "upload")
-            return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), -1, name
-        own = self.index.find(str(Path(source).resolve()))
-        return load_image(source, size), own, Path(source)
-
     def query(
         self,
-        source: Path | Image.Image | int,
+        source: QuerySource,
         changes: list[tuple[str, str]],
         text: str | None = None,
         k: int = 10,
         strict: bool = False,
     ) -> QueryResult:
-        """Top-k gallery images for a source (image file, decoded image or gallery row) plus
-        changes; a source that is in the gallery is left out of its own results.
+        """Top-k gallery images for an image plus changes.
 
-        The result's texts are what the model saw: a word the tokenizer drops or alters is a
-        warning (an error when ``strict``).
+        Args:
+            source: An image file, an opened image (an upload) or a gallery row id. The source
+                itself is left out of the results when it is in the gallery.
+            changes: FROM:TO word changes, applied in order through the training template.
+            text: Free modification text instead of ``changes``.
+            k: Number of results.
+            strict: A word the tokenizer drops or alters is an error, not a warning.
+
+        The result's texts are what the model saw.
         """
         texts, warnings = self.used_texts(self.texts_for(changes, text), strict)
         image, own, name = self.source_image(source)
@@ -335,6 +337,28 @@ class QueryEngine:
         if strict and warnings:
             raise DataError("; ".join(warnings))
         return used, warnings
+
+    def source_image(self, source: QuerySource) -> tuple[torch.Tensor, int, Path]:
+        """Pixels (3, S, S), gallery row (-1 when not in it) and name of a query source.
+
+        Args:
+            source: An image file, an opened image (e.g. an upload), or a gallery row id.
+
+        Raises:
+            StyleQueryError: A row id outside the index, or an unreadable image.
+        """
+        size = self.loaded.encoding.image_size
+        if isinstance(source, (Path, str)):
+            path = Path(source)
+            return load_image(path, size), self.index.find(str(path.resolve())), path
+        if isinstance(source, Image.Image):
+            return load_image(source, size), -1, Path(getattr(source, "filename", "") or "upload")
+        if not 0 <= source < len(self.index) or isinstance(source, bool):
+            raise StyleQueryError(
+                f"gallery row {source} is out of range: the index holds {len(self.index)}"
+            )
+        path = Path(self.index.items([source])[0][0])
+        return load_image(path, size), source, path
 
 
 def apply_changes(caption: str, changes: list[tuple[str, str]]) -> str | None:

@@ -14,12 +14,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
+from typing import TYPE_CHECKING
 
 from stylequery.captions import normalize_caption
 from stylequery.errors import DataError
 
+if TYPE_CHECKING:
+    from stylequery.config import DataConfig
+
 SPLITS = ("train", "test")
 LABEL_SUFFIX = "_detect_all.txt"
+PREPARED_FORMAT = "stylequery-prepared"  # manifest.json "format" of a prepared folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,14 @@ def subset_name(categories: Sequence[str], subcategories: Sequence[str] = ()) ->
     if subcategories:
         name += "-" + "+".join(sorted(dict.fromkeys(subcategories)))
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)[:120]
+
+
+def prepared_dir(cfg: DataConfig) -> Path:
+    """Where the prepared folder of ``cfg`` lives: ``cfg.prepared_dir``, else
+    ``<root>/prepared/<subset name>`` (the one resolver for writers and readers)."""
+    if cfg.prepared_dir:
+        return Path(cfg.prepared_dir)
+    return Path(cfg.root) / "prepared" / subset_name(cfg.categories, cfg.subcategories)
 
 
 def read_text_utf8(path: Path) -> str:

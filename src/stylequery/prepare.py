@@ -21,12 +21,14 @@ from stylequery.errors import DataError
 from stylequery.fileio import atomic_dir, exclusive_lock, write_json
 from stylequery.imagecache import build_cache, cache_file_name, find_image_problems
 from stylequery.labels import (
+    PREPARED_FORMAT,
     SPLITS,
     Item,
     LabelRow,
     format_items,
     format_query_lines,
     label_file,
+    prepared_dir,
     read_label_file,
     resolve_categories,
     subcategory_of,
@@ -37,8 +39,6 @@ from stylequery.release import combine_release_matches, matches_release, sha256_
 from stylequery.vocab import Vocab
 
 logger = logging.getLogger(__name__)
-
-PREPARED_FORMAT = "stylequery-prepared"
 
 
 @dataclass
@@ -91,16 +91,6 @@ class _Split:
     filtered_out: int = 0
     duplicates: int = 0
     problems: list[tuple[LabelRow, str]] = field(default_factory=list)
-
-
-def default_prepared_dir(cfg: DataConfig) -> Path:
-    """The default prepared folder of a subset: ``<root>/prepared/<subset name>``."""
-    return Path(cfg.root) / "prepared" / subset_name(cfg.categories, cfg.subcategories)
-
-
-def prepared_dir(cfg: DataConfig) -> Path:
-    """Where the prepared folder of ``cfg`` lives: ``cfg.prepared_dir`` or the default."""
-    return Path(cfg.prepared_dir) if cfg.prepared_dir else default_prepared_dir(cfg)
 
 
 def prepare(

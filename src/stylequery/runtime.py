@@ -17,11 +17,14 @@ from stylequery.errors import StyleQueryError
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """Turn ``auto|cpu|cuda|cuda:N|N|mps`` into a device (``N`` is ``cuda:N``).
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N|N|mps`` into a device (``N`` is ``cuda:N``); a torch
+    device is returned as is.
 
     ``auto`` picks cuda, then mps, then cpu.
     """
+    if isinstance(name, torch.device):
+        return name
     name = name.strip()
     if name.isdigit():
         name = f"cuda:{name}"

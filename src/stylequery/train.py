@@ -15,7 +15,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,27 @@ from torch.utils.data import DataLoader
 from stylequery import runtime
 from stylequery.checkpoint import (
     fingerprint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
 from stylequery.config import Config, dump_config
-from stylequery.data import EpochSampler, PairDataset, PreparedData, collate_pairs, load_prepared
+from stylequery.data import (
+    EpochSampler,
+    PairDataset,
+    PreparedData,
+    collate_pairs,
+    load_prepared,
+    prepared_dir,
+)
 from stylequery.encode import Encoding, encode_images
 from stylequery.errors import DataError, StyleQueryError
-from stylequery.evaluate import evaluate_model, resolve_prepared_dir
+from stylequery.evaluate import evaluate_model
 from stylequery.features import cache_backbone_features
 from stylequery.fileio import exclusive_lock
-from stylequery.history import read_metrics_csv, write_metrics_csv
+from stylequery.history import write_metrics_csv
 from stylequery.loss import build_loss, gather_with_grad
 from stylequery.model import StyleQueryModel, build_model
 from stylequery.progress import progress_bar
 from stylequery.runs import checkpoint_paths
+from stylequery.trainstate import RunContext, TrainState, restore_state, save_state
 from stylequery.viz import plot_curves
 
 logger = logging.getLogger(__name__)
@@ -100,22 +104,6 @@ class TrainingStep(nn.Module):
         targets = gather_with_grad(tgt.float())  # (world * B, D)
         positives = torch.arange(len(query), device=query.device) + runtime.rank() * len(query)
         return self.loss_fn(query.float(), targets, positives)
-
-
-@dataclass
-class TrainState:
-    """Everything that changes while training, and what resume restores."""
-
-    model: StyleQueryModel
-    loss_fn: nn.Module
-    step: nn.Module  # TrainingStep, DDP-wrapped under torchrun
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.StepLR
-    scaler: torch.amp.GradScaler
-    iteration: int = 0
-    best_value: float = -math.inf
-    features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen-encoder cache
-    history: list[dict[str, float]] = field(default_factory=list)  # metrics.csv rows
 
 
 def build_loaders(
@@ -220,18 +208,6 @@ def optimise(state: TrainState, batch: dict[str, Any], cfg: Config, device: torc
     return value
 
 
-@dataclass
-class RunContext:
-    """Fixed facts of a run that the epoch loop needs."""
-
-    cfg: Config
-    prepared: PreparedData
-    run_dir: Path
-    device: torch.device
-    total: int
-    steps_per_epoch: int
-
-
 def train_one_epoch(state: TrainState, loader: DataLoader, ctx: RunContext, bar: Any) -> None:
     """Train until the epoch's batches or the run's iterations run out."""
     cfg = ctx.cfg
@@ -303,59 +279,9 @@ def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
     return metrics
 
 
-def save_state(
-    state: TrainState,
-    ctx: RunContext,
-    path: Path,
-    metrics: dict[str, float] | None = None,
-    resumable: bool = True,
-) -> str:
-    """Save a checkpoint from rank 0: weights, plus the resume state when ``resumable``
-    (``last.pt``; ``best.pt`` serves inference and carries no optimiser or RNG state)."""
-    if not runtime.is_main_process():
-        return ""
-    training = None
-    if resumable:
-        training = {
-            "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict(),
-            "rng": rng_state(),
-            "best_value": state.best_value,
-        }
-    return save_checkpoint(
-        path,
-        model=state.model,
-        loss=state.loss_fn,
-        cfg=ctx.cfg,
-        vocab=list(ctx.prepared.vocab.tokens),
-        iteration=state.iteration,
-        training_state=training,
-        metrics=metrics,
-    )
-
-
-def restore_state(state: TrainState, path: Path, ctx: RunContext) -> None:
-    """Load ``last.pt`` into ``state`` for ``--resume``."""
-    payload = load_checkpoint(path, map_location=ctx.device)
-    if payload["vocab"] != list(ctx.prepared.vocab.tokens):
-        raise StyleQueryError(f"{path}: was trained on another prepared vocabulary; cannot resume")
-    state.model.load_state_dict(payload["model"])
-    state.loss_fn.load_state_dict(payload["loss"])
-    training = payload["training"]
-    if not training:
-        raise StyleQueryError(f"{path}: holds weights only, no training state to resume from")
-    state.optimizer.load_state_dict(training["optimizer"])
-    state.scheduler.load_state_dict(training["scheduler"])
-    state.scaler.load_state_dict(training["scaler"])
-    set_rng_state(training["rng"])
-    state.iteration = int(payload["iteration"])
-    state.best_value = float(training["best_value"])
-    state.history = read_metrics_csv(ctx.run_dir / "metrics.csv", state.iteration)
-    logger.info("resumed %s at iteration %d", path, state.iteration)
-
-
-def train(cfg: Config, run_dir: Path, device: torch.device, resume: bool = False) -> TrainResult:
+def train(
+    cfg: Config, run_dir: Path, device: torch.device | str = "auto", resume: bool = False
+) -> TrainResult:
     """Train a model; write ``config.yaml``, ``metrics.csv``, ``curves.png`` and weights.
 
     The run folder is locked while training (a second run into it fails at once), and a new
@@ -364,12 +290,13 @@ def train(cfg: Config, run_dir: Path, device: torch.device, resume: bool = False
     Args:
         cfg: Resolved config.
         run_dir: Run folder (created).
-        device: Where to train.
+        device: Where to train: ``auto``, ``cpu``, ``cuda:N``, ``mps`` or a torch device.
         resume: Continue from ``run_dir/weights/last.pt``.
 
     Raises:
         LockError: Another process is training into ``run_dir``.
     """
+    device = runtime.resolve_device(device)
     if not runtime.is_main_process():
         return _train(cfg, run_dir, device, resume)
     with exclusive_lock(run_dir, timeout=0):
@@ -386,7 +313,7 @@ def train(cfg: Config, run_dir: Path, device: torch.device, resume: bool = False
 def _train(cfg: Config, run_dir: Path, device: torch.device, resume: bool) -> TrainResult:
     start = time.perf_counter()
     runtime.check_precision(device, cfg.train.precision)
-    prepared = load_prepared(resolve_prepared_dir(cfg))
+    prepared = load_prepared(prepared_dir(cfg.data))
     if runtime.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")

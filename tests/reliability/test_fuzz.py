@@ -80,7 +80,7 @@ def test_change_parser(spec: str) -> None:
     try:
         src, tgt = parse_change(spec)
     except StyleQueryError as error:
-        assert "--change" in str(error)
+        assert "FROM:TO" in str(error)
         _one_line(error)
         return
     assert src and tgt and ":" not in tgt
