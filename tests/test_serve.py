@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator
@@ -260,3 +261,23 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch: pytest.Monk
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert message == "error: serve needs uvicorn: pip install 'stylequery[serve]'"
+
+
+def test_an_unreadable_gallery_file_is_500_without_its_path(
+    tiny_checkpoint: Path, tiny_catalogue_copy: Path, tmp_path: Path
+) -> None:
+    from stylequery.inference import embed
+
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_catalogue_copy / "women", photos)
+    index = embed(tiny_checkpoint, photos, tmp_path / "index", torch.device("cpu"), num_workers=0)
+    engine = QueryEngine(tiny_checkpoint, index.index_dir, torch.device("cpu"))
+    lost = Path(engine.index.items([2])[0][0])
+    lost.unlink()
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        for response in (
+            client.get("/api/items/2/image"),
+            client.post("/api/query", data={"id": 2, "text": "make it red"}),
+        ):
+            message = _error(response, 500)
+            assert "gallery item 2" in message and str(tmp_path) not in message

@@ -28,8 +28,9 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 
-from stylequery.errors import StyleQueryError
+from stylequery.errors import DataError, StyleQueryError
 from stylequery.index import GalleryIndex
 from stylequery.inference import QueryEngine
 from stylequery.serve.images import DEFAULT_MAX_PIXELS, BadImageError, decode_upload, thumbnail_jpeg
@@ -150,17 +151,20 @@ def parse_changes(raw: str | None) -> list[tuple[str, str]]:
     return [(it["from"].strip().lower(), it["to"].strip().lower()) for it in items]
 
 
-def _read_upload(upload: UploadFile | None, settings: ServeSettings) -> bytes:
-    assert upload is not None
+def _decode_upload(upload: UploadFile, settings: ServeSettings, size: int) -> Image.Image:
+    """The uploaded image, decoded within the limits, or a 413 or 400."""
     data = upload.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"the upload is larger than {settings.max_upload_bytes:,} bytes")
-    return data
+    try:
+        return decode_upload(data, settings.max_pixels, size)
+    except BadImageError as exc:
+        raise HTTPException(400, f"upload: {exc}") from None
 
 
 def _add_query_route(app: FastAPI, gallery: Gallery, settings: ServeSettings) -> None:
     engine = gallery.engine
-    draft = engine.loaded.cfg.data.image_size
+    size = engine.loaded.encoding.image_size
 
     @app.post("/api/query")
     def query(
@@ -171,23 +175,21 @@ def _add_query_route(app: FastAPI, gallery: Gallery, settings: ServeSettings) ->
         k: Annotated[int, Form(ge=1, le=MAX_K, description="Number of results.")] = 10,
     ) -> dict[str, Any]:
         """Top-k gallery items for a source image plus changes in words."""
-        if (image is None) == (id is None):
-            raise HTTPException(400, "give exactly one source: an image upload or a gallery id")
         pairs, text = parse_changes(changes), (text or "").strip() or None
         if not pairs and not text:
             raise HTTPException(400, "give at least one change or a text")
-        if id is not None:
-            source: Any = gallery.check(id)
+        source: Image.Image | int
+        if id is not None and image is None:
+            source = gallery.check(id)
+        elif image is not None and id is None:
+            source = _decode_upload(image, settings, size)
         else:
-            try:
-                source = decode_upload(_read_upload(image, settings), settings.max_pixels, draft)
-            except BadImageError as exc:
-                raise HTTPException(400, f"upload: {exc}") from None
+            raise HTTPException(400, "give exactly one source: an image upload or a gallery id")
         try:
             result = engine.query(source, pairs, text, k)
         except StyleQueryError as exc:
-            if id is not None:  # the gallery file itself: its message names a machine path
-                logger.error("gallery item %d: %s", id, exc)
+            if isinstance(exc, DataError) and id is not None:  # the gallery's own file
+                logger.error("gallery item %d: %s", id, exc)  # its message names a machine path
                 raise HTTPException(500, f"gallery item {id} cannot be read") from None
             raise HTTPException(400, str(exc)) from None
         return _result_json(gallery, result.to_json(), id)
