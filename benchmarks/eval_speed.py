@@ -42,8 +42,8 @@ from stylequery import runtime
 from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.config import Config, load_config
 from stylequery.data import PreparedData, load_prepared
+from stylequery.encode import encode_split
 from stylequery.evaluate import encode_split_images, evaluate_model
-from stylequery.features import backbone_features
 
 NAME = "eval_speed"
 TEST_FRACTION = 0.9  # most products go to the test split, so a small catalogue reaches the size
@@ -71,7 +71,8 @@ def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict[s
     model = loaded.model
     queries = round(args.queries_per_image * len(prepared.split("test")))
     enc = loaded.encoding
-    features = backbone_features(model, prepared, "test", enc, device, cfg.eval.batch_size)
+    size = cfg.eval.batch_size
+    features = encode_split(model, prepared, "test", enc, device, batch_size=size, features=True)
     cases: dict[str, Callable[[], object]] = {
         "total": lambda: evaluate_model(
             model, prepared, cfg, device, max_queries=queries, encoding=enc

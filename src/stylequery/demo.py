@@ -23,6 +23,7 @@ from stylequery.prepare import prepare
 from stylequery.runs import checkpoint_paths, relative_to_cwd
 from stylequery.runtime import resolve_device
 from stylequery.synth import synthesize
+from stylequery.train import train
 from stylequery.viz import SheetItem, contact_sheet
 
 logger = logging.getLogger(__name__)
@@ -89,44 +90,32 @@ def run_demo(
     timings: dict[str, float] = {}
     catalogue, prepared_dir = out / "catalogue", out / "catalogue" / "prepared" / "pants"
     cfg = load_config("cpu.yaml", [f"data.root={catalogue}", f"data.prepared_dir={prepared_dir}"])
+    run_dir = out / "runs" / "train" / cfg.train.name
+    best, index = checkpoint_paths(run_dir)[1], run_dir / "index"
     with _timed(timings, "synth", on_step):
         if not (catalogue / "labels").is_dir():
             synthesize(catalogue, products=DEMO_PRODUCTS, image_size=DEMO_IMAGE_SIZE, seed=0)
     with _timed(timings, "prepare", on_step):
         if not (prepared_dir / "manifest.json").is_file():
             prepare(cfg.data, prepared_dir, image_cache=cfg.data.image_size)
-    run_dir = out / "runs" / "train" / cfg.train.name
-    best = checkpoint_paths(run_dir)[1]
     with _timed(timings, "train", on_step):
         if not best.is_file():
-            from stylequery.train import train
-
             train(cfg, run_dir, device)
     with _timed(timings, "evaluate", on_step):
         result = evaluate(best, device=device, out=run_dir / "metrics.json", breakdown=True)
-    index = run_dir / "index"
     with _timed(timings, "embed", on_step):
         if not (index / "index.json").is_file():
             embed(best, prepared_dir, index, device, num_workers=0)
     with _timed(timings, "query", on_step):
         image, change, answer = _query(best, index, prepared_dir, device)
-        sheet = out / "results.png"
-        items = [SheetItem(Path(h.path), h.score, h.caption, h.hit) for h in answer.hits]
-        contact_sheet(image, " ; ".join(answer.texts), items, sheet)
-    return DemoSummary(
-        out,
-        catalogue,
-        prepared_dir,
-        run_dir,
-        best,
-        index,
-        sheet,
-        image,
-        change,
-        result.metrics,
-        answer,
-        timings,
-    )
+        sheet = _sheet(answer, image, out / "results.png")
+    places = (out, catalogue, prepared_dir, run_dir, best, index, sheet, image)
+    return DemoSummary(*places, change, result.metrics, answer, timings)
+
+
+def _sheet(answer: QueryResult, image: Path, out: Path) -> Path:
+    items = [SheetItem(Path(h.path), h.score, h.caption, h.hit) for h in answer.hits]
+    return contact_sheet(image, " ; ".join(answer.texts), items, out)
 
 
 def _query(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stylequery.data import ImageDataset, PreparedData
 from stylequery.errors import CheckpointError
 from stylequery.image_encoder import IMAGENET_MEAN, IMAGENET_STD
 from stylequery.progress import progress_bar
@@ -167,3 +168,32 @@ def encode_dataset(
     finally:
         model.train(was_training)
     return torch.cat(chunks)
+
+
+def encode_split(
+    model: StyleQueryModel,
+    prepared: PreparedData,
+    split: str,
+    encoding: Encoding,
+    device: torch.device,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    use_image_cache: bool = True,
+    features: bool = False,
+) -> torch.Tensor:
+    """Every image of a prepared split through :func:`encode_dataset`, read from the prepared
+    uint8 cache of the encoding's size when there is one (and ``use_image_cache``)."""
+    size = encoding.image_size
+    cache = prepared.image_cache(split, size) if use_image_cache else None
+    dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
+    return encode_dataset(
+        model,
+        dataset,
+        encoding,
+        device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        description=f"encode {split} {'features' if features else 'images'}",
+        features=features,
+    )

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from stylequery.checkpoint import load_model
 from stylequery.config import Config, config_to_dict, replace
 from stylequery.data import (
-    ImageDataset,
     PreparedData,
     caption_difference,
     caption_labels,
@@ -28,7 +27,7 @@ from stylequery.data import (
     modification_text,
     prepared_dir,
 )
-from stylequery.encode import Encoding, encode_dataset, encode_images
+from stylequery.encode import Encoding, encode_images, encode_split
 from stylequery.errors import DataError
 from stylequery.fileio import write_json
 from stylequery.metrics import first_hit_rank, recall_at_k, recall_by_group
@@ -122,17 +121,15 @@ def encode_split_images(
     if features is not None:
         with torch.no_grad():
             return encode_images(model, features, encoding, device, normalize=False)  # (N, D)
-    size = encoding.image_size
-    cache = prepared.image_cache(split, size) if cfg.data.use_image_cache else None
-    dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
-    return encode_dataset(
+    return encode_split(
         model,
-        dataset,
+        prepared,
+        split,
         encoding,
         device,
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
-        description=f"encode {split} images",
+        use_image_cache=cfg.data.use_image_cache,
     )
 
 
@@ -190,20 +187,12 @@ def evaluate_model(
     model.eval()
     try:
         raw = encode_split_images(model, prepared, split, cfg, encoding, device, features)  # (N, D)
-        items = prepared.split(split)
-        texts = [
-            modification_text(items[s].caption, items[t].caption, cfg.data.modification_template)
-            for s, t in queries
-        ]
-        unique = sorted(set(texts))
-        text_emb = encode_texts(model, vocab or prepared.vocab, unique, device, cfg.eval.batch_size)
-        position = {t: i for i, t in enumerate(unique)}
-        text_ids = torch.tensor([position[t] for t in texts])
-        source = torch.tensor([s for s, _ in queries])
-        target = torch.tensor([t for _, t in queries])
-        query_emb = compose_queries(model, raw, text_emb, source, text_ids, cfg.eval.batch_size)
+        query_emb = _encode_queries(model, raw, prepared, split, queries, vocab, cfg)  # (Q, D)
     finally:
         model.train(was_training)
+    items = prepared.split(split)
+    source = torch.tensor([s for s, _ in queries])
+    target = torch.tensor([t for _, t in queries])
     labels = torch.from_numpy(caption_labels(items))
     scores = query_emb @ F.normalize(raw, dim=-1).T  # (Q, N)
     ranks = first_hit_rank(scores, labels, labels[target], exclude=source)
@@ -213,6 +202,28 @@ def evaluate_model(
         result.breakdown = recall_by_group(ranks, groups, cfg.eval.ks)
         result.breakdown_counts = {g: groups.count(g) for g in sorted(set(groups))}
     return result
+
+
+def _encode_queries(
+    model: StyleQueryModel,
+    raw: torch.Tensor,
+    prepared: PreparedData,
+    split: str,
+    queries: list[tuple[int, int]],
+    vocab: Vocab | None,
+    cfg: Config,
+) -> torch.Tensor:
+    """Normalised composed queries (Q, D): each distinct modification text encoded once."""
+    items = prepared.split(split)
+    template = cfg.data.modification_template
+    texts = [modification_text(items[s].caption, items[t].caption, template) for s, t in queries]
+    unique = sorted(set(texts))
+    device = raw.device
+    text_emb = encode_texts(model, vocab or prepared.vocab, unique, device, cfg.eval.batch_size)
+    position = {t: i for i, t in enumerate(unique)}
+    text_ids = torch.tensor([position[t] for t in texts])
+    source = torch.tensor([s for s, _ in queries])
+    return compose_queries(model, raw, text_emb, source, text_ids, cfg.eval.batch_size)
 
 
 def compose_queries(

@@ -15,8 +15,8 @@ import torch
 from stylequery import runtime
 from stylequery.checkpoint import fingerprint
 from stylequery.config import Config
-from stylequery.data import ImageDataset, PreparedData
-from stylequery.encode import Encoding, encode_dataset
+from stylequery.data import PreparedData
+from stylequery.encode import Encoding, encode_split
 from stylequery.fileio import atomic_file
 from stylequery.model import StyleQueryModel
 
@@ -35,15 +35,16 @@ def cache_backbone_features(
     for split in dict.fromkeys(["train", cfg.eval.split]):
         path = run_dir / "features" / f"{split}_{encoding.image_size}_{key}.pt"
         if not path.is_file() and runtime.is_main_process():
-            features[split] = backbone_features(
+            features[split] = encode_split(
                 model,
                 prepared,
                 split,
                 encoding,
                 device,
-                cfg.eval.batch_size,
-                cfg.data.num_workers,
-                cfg.data.use_image_cache,
+                batch_size=cfg.eval.batch_size,
+                num_workers=cfg.data.num_workers,
+                use_image_cache=cfg.data.use_image_cache,
+                features=True,
             )
             with atomic_file(path) as tmp:
                 torch.save(features[split], tmp)
@@ -51,30 +52,3 @@ def cache_backbone_features(
         if split not in features:
             features[split] = torch.load(path, weights_only=True)
     return {k: v.to(device) for k, v in features.items()}
-
-
-def backbone_features(
-    model: StyleQueryModel,
-    prepared: PreparedData,
-    split: str,
-    encoding: Encoding,
-    device: torch.device,
-    batch_size: int,
-    num_workers: int = 0,
-    use_image_cache: bool = True,
-) -> torch.Tensor:
-    """Backbone features (N, F) of every image of a split, on the CPU (computed in eval mode;
-    the model's train/eval mode is restored afterwards)."""
-    size = encoding.image_size
-    cache = prepared.image_cache(split, size) if use_image_cache else None
-    dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
-    return encode_dataset(
-        model,
-        dataset,
-        encoding,
-        device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        description=f"cache {split} features",
-        features=True,
-    )
