@@ -28,6 +28,20 @@ def test_version(cli: Cli) -> None:
     assert cli.ok("--version").stdout == f"stylequery {__version__}\n"
 
 
+def test_shell_completion_completes_commands(cli: Cli) -> None:
+    from stylequery.cli import app
+
+    env = {
+        "_STYLEQUERY_COMPLETE": "complete_bash",
+        "COMP_WORDS": "stylequery ev",
+        "COMP_CWORD": "1",
+    }
+    result = cli.runner.invoke(app, [], prog_name="stylequery", env=env)
+    assert result.exit_code == 0 and result.stdout == "evaluate\n"
+    script = cli.runner.invoke(app, ["--show-completion", "bash"], prog_name="stylequery")
+    assert "complete -o default -F _stylequery_completion stylequery" in script.stdout
+
+
 def test_help_does_not_import_torch() -> None:
     """In a fresh interpreter: torch is imported by commands, never by --help."""
     code = (
