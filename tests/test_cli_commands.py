@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from conftest import Cli
 
-COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "embed", "query", "demo"]
+COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "embed", "query", "demo", "serve"]
 WITH_JSON = ["synth", "prepare", "train", "evaluate", "embed", "query"]
 WITH_SETTINGS = ["config", "prepare", "train", "evaluate", "embed"]
 
@@ -30,6 +30,16 @@ def test_help(command: str, cli: Cli) -> None:
     assert ("--json" in text) == (command in WITH_JSON)
     for option in ("--config", "--set"):
         assert (option in text) == (command in WITH_SETTINGS), option
+
+
+def test_every_command_is_covered_here() -> None:
+    """A new command must join the lists above (and so get its --help, --json, error tests)."""
+    import typer.main
+
+    from stylequery.cli import app
+
+    group = typer.main.get_command(app)
+    assert sorted(group.commands) == sorted(COMMANDS)  # type: ignore[attr-defined]
 
 
 def test_top_level_help_lists_every_command(cli: Cli) -> None:
