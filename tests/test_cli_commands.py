@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,8 +19,9 @@ if TYPE_CHECKING:
 
     from conftest import Cli
 
-COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "embed", "query", "demo", "serve"]
-WITH_JSON = ["synth", "prepare", "train", "evaluate", "embed", "query"]
+COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "embed", "query", "export"]
+COMMANDS += ["demo", "serve"]
+WITH_JSON = ["synth", "prepare", "train", "evaluate", "embed", "query", "export"]
 WITH_SETTINGS = ["config", "prepare", "train", "evaluate", "embed"]
 
 
@@ -201,6 +203,53 @@ def test_query_errors(
     cli.fails("query", image, "--change", "a:b", *mismatch, needle="stylequery embed")
     monkeypatch.chdir(tmp_path)
     cli.fails("query", image, "--change", "black:green", needle="stylequery train")
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def test_export_is_enough_for_embed_and_query(
+    cli: Cli, tiny_checkpoint: Path, tiny_prepared: Path, tiny_index: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    data = cli.json("export", tiny_checkpoint, "--out", export)
+    assert Path(data["export"]) == export
+    assert sorted(p.name for p in export.iterdir()) == ["model.safetensors", "stylequery.json"]
+    meta = json.loads((export / "stylequery.json").read_text())
+    assert not {"optimizer", "scheduler", "rng", "training"} & set(meta)
+    cli.ok("export", tiny_checkpoint, "--out", export)  # an earlier export is replaced
+
+    embed = [tiny_prepared, "--checkpoint", export, "--out", tmp_path / "idx", "data.num_workers=0"]
+    embedded = cli.json("embed", *embed)
+    assert embedded["total"] == len(EmbeddingIndex.load(tiny_index))
+    image = EmbeddingIndex.load(tiny_index).paths[0]
+    query = [image, "--change", "black:green", "-k", "4"]
+    from_export = cli.json("query", *query, "--checkpoint", export, "--index", tmp_path / "idx")
+    from_pt = cli.json("query", *query, "--checkpoint", tiny_checkpoint)
+    hits = [
+        [(r["path"], round(r["score"], 4)) for r in d["queries"][0]["results"]]
+        for d in (from_export, from_pt)
+    ]
+    assert hits[0] == hits[1]
+
+
+def test_export_errors(cli: Cli, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cli.fails("export", tmp_path / "nope.pt", "--out", tmp_path / "e", needle="nope.pt")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    cli.fails(
+        "export", tiny_checkpoint, "--out", tmp_path / "mine", needle="not a stylequery export"
+    )
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_serve_errors(cli: Cli, tiny_checkpoint: Path, tiny_index: Path, tmp_path: Path) -> None:
+    loose = tmp_path / "loose.pt"
+    shutil.copy(tiny_checkpoint, loose)
+    cli.fails("serve", "--checkpoint", loose, needle="no index beside")
+    missing = ["--checkpoint", tmp_path / "nope.pt", "--index", tiny_index]
+    message = cli.fails("serve", *missing, needle="nope.pt")
+    assert "index" not in message
 
 
 def test_demo_errors(cli: Cli, tmp_path: Path) -> None:

@@ -164,8 +164,13 @@ def export_model(checkpoint: Path, out_dir: Path) -> Path:
 
     The folder holds ``model.safetensors`` (the weights, loadable without unpickling) and
     ``stylequery.json`` (config, vocabulary, encoding record, fingerprint, version, metrics):
-    all that :func:`load_model` needs, without optimiser, scheduler or RNG state.
+    all that :func:`load_model` needs, without optimiser, scheduler or RNG state. An earlier
+    export at ``out_dir`` is replaced; any other non-empty folder there is refused.
     """
+    out_dir = Path(out_dir)
+    occupied = out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))
+    if occupied and not (out_dir / EXPORT_META).is_file():
+        raise CheckpointError(f"{out_dir}: exists and is not a stylequery export")
     payload = load_checkpoint(checkpoint)
     cfg = config_from_dict(payload["config"])
     meta = {key: payload[key] for key in ("version", "fingerprint", "iteration", "vocab")}

@@ -363,6 +363,28 @@ def query(
 
 
 @command
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt) to export.")],
+    out: Annotated[Path, typer.Option(help="Export folder to write (replaces an earlier one).")],
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a checkpoint's weights (safetensors), config and vocabulary, without training state.
+
+    embed, query and serve take the folder as --checkpoint.
+    """
+    from stylequery.checkpoint import EXPORT_META, EXPORT_WEIGHTS, export_model
+
+    folder = export_model(checkpoint, out)
+    files = {name: folder / name for name in (EXPORT_WEIGHTS, EXPORT_META)}
+    if as_json:
+        return report.print_json({"checkpoint": checkpoint, "export": folder, "files": files})
+    rows = [(name, f"{path.stat().st_size / 1e6:.1f} MB") for name, path in files.items()]
+    report.print_rows(f"export: {folder}", rows)
+    report.print_line(f"next: stylequery embed FOLDER --checkpoint {folder} --out INDEX")
+
+
+@command
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
         "stylequery-demo"
