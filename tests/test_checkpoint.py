@@ -73,11 +73,19 @@ def test_embed_and_query_work_from_an_export(
 
 
 def test_export_replaces_an_earlier_one_whole(checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "export"
-    out.mkdir()
+    out = export_model(checkpoint, tmp_path / "export")
     (out / "stale.txt").write_text("old")
     export_model(checkpoint, out)
     assert not (out / "stale.txt").exists()
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not a stylequery export"):
+        export_model(checkpoint, out)
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_tampered_export_weights_are_refused(checkpoint: Path, tmp_path: Path) -> None:
