@@ -343,6 +343,10 @@ def query(
     if not change and not text:
         raise StyleQueryError("give at least one --change FROM:TO or a --text")
     changes = [parse_change(c) for c in change or []]
+    if k < 1:
+        raise StyleQueryError(f"--k must be >= 1, got {k}")
+    if save is not None and save.is_dir():
+        raise StyleQueryError(f"--save {save}: is a folder; give the path of a .png file")
     paths = image_paths(images)
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -25,12 +27,26 @@ from stylequery.fileio import write_text
 _OVERRIDE = re.compile(r"\s*[A-Za-z_]\w*\.[A-Za-z_]\w*\s*=.*", re.DOTALL)
 
 
-def setting(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by ``stylequery config`` and in run configs)."""
+Check = tuple[Callable[[Any], bool], str]  # a value test and the allowed range in words
+AT_LEAST_1: Check = (lambda v: v >= 1, "must be >= 1")
+AT_LEAST_0: Check = (lambda v: v >= 0, "must be >= 0")
+POSITIVE: Check = (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+NON_NEGATIVE: Check = (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
+FRACTION: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+IMAGE_SIDE: Check = (lambda v: 16 <= v <= 4096, "must be in [16, 4096]")
+
+
+def setting(default: Any, help: str, check: Check | None = None) -> Any:
+    """A config field with its help text (shown by ``stylequery config`` and in run configs).
+
+    ``check`` is the range a number (or each number of a list) must lie in, tested by
+    :func:`validate` when the config is resolved.
+    """
+    metadata = {"help": help, "check": check}
     if isinstance(default, list):
         items = list(default)
-        return field(default_factory=lambda: list(items), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(items), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -42,21 +58,28 @@ class DataConfig:
     modification_template: str = setting(
         "change {src} to {tgt}", 'modification text; the reference: "replace {src} with {tgt}"'
     )
-    image_size: int = setting(224, "square side fed to the CNN (shorter side resized, centre crop)")
+    image_size: int = setting(
+        224, "square side fed to the CNN (shorter side resized, centre crop)", IMAGE_SIDE
+    )
     use_image_cache: bool = setting(True, "read the prepared uint8 cache of this size if any")
     hflip: bool = setting(False, "random horizontal flip of training images")
-    num_workers: int = setting(2, "image-loading worker processes")
+    num_workers: int = setting(2, "image-loading worker processes", AT_LEAST_0)
     seed: int = setting(0, "seed of test-query generation")
+    max_image_pixels: int = setting(
+        40_000_000, "images with more pixels are refused before decoding", AT_LEAST_1
+    )
 
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = setting(512, "size of every embedding: image, text, composed query")
+    embed_dim: int = setting(
+        512, "size of every embedding: image, text, composed query", AT_LEAST_1
+    )
     pretrained: str = setting("none", "CNN weights: none, imagenet, or a path to a .pth state dict")
-    word_dim: int = setting(512, "word embedding size")
-    text_hidden: int = setting(512, "LSTM hidden size")
+    word_dim: int = setting(512, "word embedding size", AT_LEAST_1)
+    text_hidden: int = setting(512, "LSTM hidden size", AT_LEAST_1)
     composer: str = setting("concat", "concat | tirg | image_only | text_only")
-    dropout: float = setting(0.1, "dropout in the composer")
+    dropout: float = setting(0.1, "dropout in the composer", FRACTION)
     freeze_image_encoder: bool = setting(
         False, "cache backbone features once and train only the rest"
     )
@@ -65,35 +88,41 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     name: str = setting("", "run folder name under the runs folder; empty: run1, run2, ...")
-    batch_size: int = setting(32, "training pairs per batch (per process under torchrun)")
-    lr: float = setting(1e-2, "SGD learning rate")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(1e-6, "SGD weight decay")
-    backbone_lr_mult: float = setting(0.1, "learning-rate multiplier for a pretrained backbone")
-    lr_decay_every: int = setting(0, "iterations between step decays; 0 disables")
-    lr_decay_factor: float = setting(0.1, "learning-rate factor at each decay")
-    iterations: int = setting(0, "run length in iterations; 0: use epochs")
-    epochs: float = setting(1.0, "run length in epochs over the usable source images")
+    batch_size: int = setting(
+        32, "training pairs per batch (per process under torchrun)", AT_LEAST_1
+    )
+    lr: float = setting(1e-2, "SGD learning rate", POSITIVE)
+    momentum: float = setting(0.9, "SGD momentum", FRACTION)
+    weight_decay: float = setting(1e-6, "SGD weight decay", NON_NEGATIVE)
+    backbone_lr_mult: float = setting(
+        0.1, "learning-rate multiplier for a pretrained backbone", NON_NEGATIVE
+    )
+    lr_decay_every: int = setting(0, "iterations between step decays; 0 disables", AT_LEAST_0)
+    lr_decay_factor: float = setting(0.1, "learning-rate factor at each decay", POSITIVE)
+    iterations: int = setting(0, "run length in iterations; 0: use epochs", AT_LEAST_0)
+    epochs: float = setting(1.0, "run length in epochs over the usable source images", POSITIVE)
     loss: str = setting("batch_classification", "batch_classification | soft_triplet")
-    loss_scale: float = setting(4.0, "initial learnable scale of the cosine logits")
+    loss_scale: float = setting(4.0, "initial learnable scale of the cosine logits", POSITIVE)
     precision: Literal["fp32", "bf16", "fp16"] = setting(
         "fp32", "fp32, bf16 (autocast on CPU or CUDA) or fp16 (CUDA)"
     )
     channels_last: bool = setting(True, "channels_last memory format for the CNN")
     seed: int = setting(0, "seed of initialisation and data order")
-    eval_every: int = setting(1000, "iterations between validation runs; 0: only at the end")
-    eval_max_queries: int = setting(0, "cap validation queries for speed; 0: all")
+    eval_every: int = setting(
+        1000, "iterations between validation runs; 0: only at the end", AT_LEAST_0
+    )
+    eval_max_queries: int = setting(0, "cap validation queries for speed; 0: all", AT_LEAST_0)
     best_metric: str = setting("recall@10", "validation metric that picks best.pt")
-    log_every: int = setting(50, "iterations between plain log lines (off a terminal)")
-    checkpoint_every: int = setting(1000, "iterations between last.pt saves")
+    log_every: int = setting(50, "iterations between plain log lines (off a terminal)", AT_LEAST_1)
+    checkpoint_every: int = setting(1000, "iterations between last.pt saves", AT_LEAST_1)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = setting(64, "images per batch when encoding (evaluate, embed)")
-    ks: list[int] = setting([1, 5, 10, 50, 100], "the K of each recall@K")
+    batch_size: int = setting(64, "images per batch when encoding (evaluate, embed)", AT_LEAST_1)
+    ks: list[int] = setting([1, 5, 10, 50, 100], "the K of each recall@K", AT_LEAST_1)
     split: Literal["train", "test"] = setting("test", "split of the prepared folder to use")
-    max_queries: int = setting(0, "cap the number of queries; 0: all")
+    max_queries: int = setting(0, "cap the number of queries; 0: all", AT_LEAST_0)
 
 
 @dataclass
@@ -149,7 +178,33 @@ def load_config(
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    validate(cfg)
     return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check every number against its field's range (see :func:`setting`).
+
+    Raises:
+        ConfigError: One line naming the first key out of range and the range allowed.
+    """
+    for section in fields(cfg):
+        values = getattr(cfg, section.name)
+        for key in fields(values):
+            check = key.metadata.get("check")
+            value = getattr(values, key.name)
+            if check is None:
+                continue
+            items = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and not value:
+                raise ConfigError(
+                    f"config key '{section.name}.{key.name}': must be a non-empty list"
+                )
+            if not all(check[0](item) for item in items):
+                raise ConfigError(
+                    f"config key '{section.name}.{key.name}': {value!r} is out of range "
+                    f"({check[1]})"
+                )
 
 
 def split_overrides(args: list[str], max_positional: int = 0) -> tuple[list[str], list[str]]:

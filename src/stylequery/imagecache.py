@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from stylequery.config import DataConfig
 from stylequery.errors import DataError
 from stylequery.fileio import atomic_file
 from stylequery.progress import progress_bar
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _BLOCK = 256  # images decoded per batch of thread-pool work (bounds memory held in flight)
-MAX_PIXELS = 40_000_000  # default data.max_image_pixels: 40 MP, ~6x a 24 MP camera's side
+MAX_PIXELS = DataConfig().max_image_pixels  # default of data.max_image_pixels
 # PIL warns (at 89 MP) about images that _check_pixels refuses anyway, with a lower limit.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 

@@ -49,15 +49,16 @@ class EmbedSummary:
 class _GalleryImages(Dataset[dict[str, Any]]):
     """Images by path; an unreadable one yields ``image=None`` and its reason, never an error."""
 
-    def __init__(self, paths: list[Path], image_size: int) -> None:
-        self.paths, self.image_size = paths, image_size
+    def __init__(self, paths: list[Path], image_size: int, max_pixels: int) -> None:
+        self.paths, self.image_size, self.max_pixels = paths, image_size, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            return {"image": load_image(self.paths[i], self.image_size), "index": i, "error": ""}
+            image = load_image(self.paths[i], self.image_size, self.max_pixels)
+            return {"image": image, "index": i, "error": ""}
         except (DataError, OSError) as exc:
             return {"image": None, "index": i, "error": str(exc)}
 
@@ -155,7 +156,7 @@ def _encode_paths(
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Normalised embeddings of the readable images, their positions, and the skipped ones."""
     loader = DataLoader(
-        _GalleryImages(paths, loaded.encoding.image_size),
+        _GalleryImages(paths, loaded.encoding.image_size, loaded.cfg.data.max_image_pixels),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -347,18 +348,19 @@ class QueryEngine:
         Raises:
             StyleQueryError: A row id outside the index, or an unreadable image.
         """
-        size = self.loaded.encoding.image_size
+        size, limit = self.loaded.encoding.image_size, self.loaded.cfg.data.max_image_pixels
         if isinstance(source, (Path, str)):
             path = Path(source)
-            return load_image(path, size), self.index.find(str(path.resolve())), path
+            return load_image(path, size, limit), self.index.find(str(path.resolve())), path
         if isinstance(source, Image.Image):
-            return load_image(source, size), -1, Path(getattr(source, "filename", "") or "upload")
+            name = Path(getattr(source, "filename", "") or "upload")
+            return load_image(source, size, limit), -1, name
         if not 0 <= source < len(self.index) or isinstance(source, bool):
             raise StyleQueryError(
                 f"gallery row {source} is out of range: the index holds {len(self.index)}"
             )
         path = Path(self.index.items([source])[0][0])
-        return load_image(path, size), source, path
+        return load_image(path, size, limit), source, path
 
 
 def apply_changes(caption: str, changes: list[tuple[str, str]]) -> str | None:

@@ -119,12 +119,12 @@ def prepare(
     files = _label_file_info(root, categories)
     splits = {s: _read_split(root, categories, s, cfg.subcategories) for s in SPLITS}
     for split in splits.values():
-        _check_images(root, split, strict)
+        _check_images(root, split, strict, cfg.max_image_pixels)
         _require_images(root, categories, split, cfg.subcategories)
     with exclusive_lock(out_dir), atomic_dir(out_dir) as tmp:  # the lock removes killed leftovers
         cache = None
         if image_cache:
-            cache = _write_caches(root, splits, tmp, image_cache, strict)
+            cache = _write_caches(root, splits, tmp, image_cache, strict, cfg.max_image_pixels)
             for split in splits.values():  # decoding may have dropped more images
                 _require_images(root, categories, split, cfg.subcategories)
         contents = _build_contents(root, cfg, splits)
@@ -186,10 +186,10 @@ def _read_split(root: Path, categories: list[str], split: str, subcategories: li
     return result
 
 
-def _check_images(root: Path, split: _Split, strict: bool) -> None:
+def _check_images(root: Path, split: _Split, strict: bool, max_pixels: int) -> None:
     """Drop rows whose image is missing or unreadable (strict: decode fully, fail on the first)."""
     paths = [root / row.path for row in split.rows]
-    problems = find_image_problems(paths, full=strict, description=f"check {split.name} images")
+    problems = find_image_problems(paths, max_pixels, strict, f"check {split.name} images")
     for index, problem in problems.items():
         _drop(root, split, split.rows[index], problem, strict)
     split.rows = [row for i, row in enumerate(split.rows) if i not in problems]
@@ -213,14 +213,13 @@ def _require_images(root: Path, categories: list[str], split: _Split, subcats: l
 
 
 def _write_caches(
-    root: Path, splits: dict[str, _Split], tmp: Path, size: int, strict: bool
+    root: Path, splits: dict[str, _Split], tmp: Path, size: int, strict: bool, max_pixels: int
 ) -> dict[str, Any]:
     start = time.perf_counter()
     for split in splits.values():
         paths = [root / row.path for row in split.rows]
-        failures = build_cache(
-            paths, size, tmp / cache_file_name(split.name, size), f"cache {split.name}"
-        )
+        out = tmp / cache_file_name(split.name, size)
+        failures = build_cache(paths, size, out, f"cache {split.name}", max_pixels)
         for index, reason in sorted(failures.items()):
             _drop(root, split, split.rows[index], reason, strict)
         split.rows = [row for i, row in enumerate(split.rows) if i not in failures]

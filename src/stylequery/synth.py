@@ -251,7 +251,7 @@ def synthesize(
 
     Raises:
         DataError: ``out`` exists and is not empty (without ``overwrite``).
-        ValueError: Unknown category or bad sizes.
+        StyleQueryError: Unknown category or bad sizes.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -298,8 +298,13 @@ def _check_args(
         raise StyleQueryError(
             f"synthetic categories must be among {sorted(NAMES)}, got {list(categories)}"
         )
-    if products < 2 or image_size < 8 or not 0.0 < test_fraction < 1.0:
-        raise StyleQueryError("need products >= 2, image_size >= 8 and 0 < test_fraction < 1")
+    for name, value, ok, allowed in (
+        ("products", products, products >= 2, ">= 2"),
+        ("image size", image_size, 8 <= image_size <= 4096, "in [8, 4096]"),
+        ("test fraction", test_fraction, 0.0 < test_fraction < 1.0, "in (0, 1)"),
+    ):
+        if not ok:
+            raise StyleQueryError(f"synthetic {name} must be {allowed}, got {value}")
 
 
 def _write_images(
