@@ -14,6 +14,7 @@ import json
 import logging
 import pickle
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from torch import nn
 from stylequery import __version__
 from stylequery.config import Config, config_from_dict, config_to_dict
 from stylequery.encode import Encoding
-from stylequery.errors import CheckpointError
+from stylequery.errors import CheckpointError, ConfigError
 from stylequery.fileio import atomic_dir, atomic_file, write_json
 from stylequery.runtime import resolve_device
 
@@ -140,18 +141,79 @@ def save_checkpoint(
     return fp
 
 
+# What every checkpoint holds, and the type each entry must have.
+_REQUIRED = {
+    "fingerprint": str,
+    "iteration": int,
+    "config": dict,
+    "vocab": list,
+    "model": dict,
+    "loss": dict,
+}
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``), or raise CheckpointError."""
+    """Load a checkpoint dict safely (``weights_only=True``), or raise CheckpointError.
+
+    Nothing in the file is executed; the one-line errors say what is wrong in stylequery's
+    words (never torch's hint to load an untrusted file without ``weights_only``).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a stylequery checkpoint")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: not a stylequery checkpoint: unreadable, or holding Python objects "
+            "(which stylequery never loads)"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, UnicodeDecodeError):
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (empty, truncated or not a torch file)"
+        ) from None
+    _check_structure(payload, path)
     return payload
+
+
+def _check_structure(payload: Any, path: Path) -> None:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a stylequery checkpoint (no format '{FORMAT}')")
+    missing = [key for key in _REQUIRED if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(map(repr, missing))}")
+    wrong = [key for key, kind in _REQUIRED.items() if not isinstance(payload[key], kind)]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: checkpoint has {', '.join(map(repr, wrong))} of the wrong type"
+        )
+    tensors = [*payload["model"].values(), *payload["loss"].values()]
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise CheckpointError(f"{path}: checkpoint's 'model' or 'loss' holds non-tensors")
+    if not all(isinstance(word, str) for word in payload["vocab"]):
+        raise CheckpointError(f"{path}: checkpoint's 'vocab' holds non-strings")
+
+
+def weights_misfit(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """Which weights do not fit a model's state dict (empty when all do), in one line."""
+
+    def some(names: list[str]) -> str:
+        shown = ", ".join(repr(n) for n in names[:3])
+        return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = []
+    if missing := sorted(expected.keys() - given.keys()):
+        parts.append(f"missing {some(missing)}")
+    if unexpected := sorted(given.keys() - expected.keys()):
+        parts.append(f"unexpected {some(unexpected)}")
+    for name in sorted(expected.keys() & given.keys()):
+        if tuple(expected[name].shape) != tuple(given[name].shape):
+            want, got = tuple(expected[name].shape), tuple(given[name].shape)
+            parts.append(f"{name!r} has shape {got}, the model's is {want}")
+            break
+    return "; ".join(parts)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -253,14 +315,15 @@ def load_model(path: Path, device: torch.device | str = "auto") -> LoadedModel:
 
     path, device = Path(path), resolve_device(device)
     payload = read_export(path) if path.is_dir() else load_checkpoint(path)
-    cfg = config_from_dict(payload["config"])
-    model = build_model(cfg.model, len(payload["vocab"]), load_pretrained=False)
     try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model ({_first_line(exc)})"
-        ) from None
+        cfg = config_from_dict(payload["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model = build_model(cfg.model, len(payload["vocab"]), load_pretrained=False)
+    misfit = weights_misfit(model.state_dict(), payload["model"])
+    if misfit:
+        raise CheckpointError(f"{path}: weights do not fit the model of its config: {misfit}")
+    model.load_state_dict(payload["model"])
     encoding = read_encoding(payload, cfg, path)
     encoding.apply_to(model)
     model.to(device).eval()
