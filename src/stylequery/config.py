@@ -114,7 +114,9 @@ class TrainConfig:
     eval_max_queries: int = setting(0, "cap validation queries for speed; 0: all", AT_LEAST_0)
     best_metric: str = setting("recall@10", "validation metric that picks best.pt")
     log_every: int = setting(50, "iterations between plain log lines (off a terminal)", AT_LEAST_1)
-    checkpoint_every: int = setting(1000, "iterations between last.pt saves", AT_LEAST_1)
+    checkpoint_every: int = setting(
+        1000, "iterations between last.pt saves; 0: only at the end", AT_LEAST_0
+    )
 
 
 @dataclass
