@@ -40,11 +40,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class _TooLarge(ValueError):
+    """An image whose header claims more pixels than the limit."""
+
+
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:
-    """Raise ValueError when the header's pixel count exceeds ``max_pixels``."""
+    """Raise _TooLarge when the header's pixel count exceeds ``max_pixels``."""
     width, height = image.size
     if width * height > max_pixels:
-        raise ValueError(
+        raise _TooLarge(
             f"{width} x {height} pixels is above the limit of {max_pixels:,} "
             "(data.max_image_pixels)"
         )
@@ -67,6 +71,8 @@ def decode_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndar
             return image_array(image, size, max_pixels)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except _TooLarge as exc:
+        raise DataError(f"{path}: image too large: {exc}") from None
     except _PIL_ERRORS as exc:
         raise DataError(f"{path}: cannot read image: {_one_line(exc)}") from None
 
@@ -137,6 +143,8 @@ def image_problem(path: Path, max_pixels: int = MAX_PIXELS, full: bool = False) 
                 image.load()
             else:
                 image.verify()
+    except _TooLarge as exc:
+        return f"too large: {exc}"
     except _PIL_ERRORS as exc:
         return f"unreadable: {_one_line(exc)}"
     return None

@@ -304,7 +304,7 @@ def _check_args(
         ("test fraction", test_fraction, 0.0 < test_fraction < 1.0, "in (0, 1)"),
     ):
         if not ok:
-            raise StyleQueryError(f"synthetic {name} must be {allowed}, got {value}")
+            raise StyleQueryError(f"a synthetic catalogue needs {name} {allowed}, got {value}")
 
 
 def _write_images(
