@@ -89,7 +89,7 @@ def test_bad_change_spec_is_quoted_literally(
 ) -> None:
     image = EmbeddingIndex.load(tiny_index).paths[0]
     args = [image, *_query_args(tiny_checkpoint, tiny_index), "--change", spec]
-    assert cli.fails("query", *args, needle=f"--change '{spec}' must be FROM:TO")
+    assert cli.fails("query", *args, needle=f"change '{spec}' must be FROM:TO")
 
 
 def test_markup_in_paths_is_printed_literally(

@@ -7,6 +7,7 @@ specs, modification templates) either returns a well-formed result or raises a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,30 +111,39 @@ def test_template_filling(template: str, src: str, tgt: str) -> None:
     assert isinstance(text, str)
 
 
-@FILES
-@given(data=RAW)
-def test_label_file_reader(data: bytes, tmp_path: Path) -> None:
-    path = tmp_path / "pants_train_detect_all.txt"
-    path.write_bytes(data)
-    try:
-        rows = read_label_file(path)
-    except StyleQueryError as error:
-        assert str(error).startswith(str(path))
-        return
-    assert all(row.caption and row.line >= 1 for row in rows)
+def _label_rows_ok(rows: list) -> bool:
+    return all(row.caption and row.line >= 1 for row in rows)
 
 
+def _queries_ok(queries: list) -> bool:
+    return all(line >= 1 and source and target for line, source, target in queries)
+
+
+@pytest.mark.parametrize(
+    ("reader", "name", "ok"),
+    [
+        (read_label_file, "pants_train_detect_all.txt", _label_rows_ok),
+        (read_query_file, "test_queries.txt", _queries_ok),
+    ],
+)
 @FILES
 @given(data=RAW)
-def test_query_file_reader(data: bytes, tmp_path: Path) -> None:
-    path = tmp_path / "test_queries.txt"
+def test_file_readers(
+    reader: Callable[[Path], list],
+    name: str,
+    ok: Callable[[list], bool],
+    data: bytes,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / name
     path.write_bytes(data)
     try:
-        queries = read_query_file(path)
+        result = reader(path)
     except StyleQueryError as error:
         assert str(error).startswith(str(path))
+        _one_line(error)
         return
-    assert all(line >= 1 and source and target for line, source, target in queries)
+    assert ok(result)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ CASES = {
     "format only": "lacks 'fingerprint', 'iteration', 'config', 'vocab', 'model', 'loss'",
     "wrong types": "'vocab' of the wrong type",
     "other model": "weights do not fit the model of its config: missing",
-    "a folder": "checkpoint not found",
+    "a folder": "not a checkpoint file nor an export folder",
 }
 
 
