@@ -6,7 +6,7 @@ images), evaluated by stylequery.evaluate.evaluate_model with a checkpoint of th
 (ResNet18 at 64 px, D=256, tirg; random weights: speed does not depend on them), loaded as
 `stylequery evaluate` loads it. Three timings per size, interleaved round by round:
 "total" (evaluate_model as `stylequery evaluate` runs it), "encode" (every test image through
-the CNN, encode_split_images) and "rest" (evaluate_model given the backbone features: the
+the CNN, encode.encode_split) and "rest" (evaluate_model given the backbone features: the
 projection, text encoding, composing and ranking). Each is the median of --repeats runs.
 
 examples:
@@ -43,7 +43,7 @@ from stylequery.checkpoint import LoadedModel, load_model
 from stylequery.config import Config, load_config
 from stylequery.data import PreparedData, load_prepared
 from stylequery.encode import encode_split
-from stylequery.evaluate import encode_split_images, evaluate_model
+from stylequery.evaluate import evaluate_model
 
 NAME = "eval_speed"
 TEST_FRACTION = 0.9  # most products go to the test split, so a small catalogue reaches the size
@@ -71,13 +71,12 @@ def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict[s
     model = loaded.model
     queries = round(args.queries_per_image * len(prepared.split("test")))
     enc = loaded.encoding
-    size = cfg.eval.batch_size
-    features = encode_split(model, prepared, "test", enc, device, batch_size=size, features=True)
+    features = encode_split(model, prepared, "test", cfg, enc, device, features=True)
     cases: dict[str, Callable[[], object]] = {
         "total": lambda: evaluate_model(
             model, prepared, cfg, device, max_queries=queries, encoding=enc
         ),
-        "encode": lambda: encode_split_images(model, prepared, "test", cfg, enc, device),
+        "encode": lambda: encode_split(model, prepared, "test", cfg, enc, device),
         "rest": lambda: evaluate_model(
             model, prepared, cfg, device, max_queries=queries, features=features, encoding=enc
         ),

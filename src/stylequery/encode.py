@@ -174,26 +174,24 @@ def encode_split(
     model: StyleQueryModel,
     prepared: PreparedData,
     split: str,
+    cfg: Config,
     encoding: Encoding,
     device: torch.device,
-    *,
-    batch_size: int,
-    num_workers: int = 0,
-    use_image_cache: bool = True,
     features: bool = False,
 ) -> torch.Tensor:
-    """Every image of a prepared split through :func:`encode_dataset`, read from the prepared
-    uint8 cache of the encoding's size when there is one (and ``use_image_cache``)."""
+    """Every image of a prepared split through :func:`encode_dataset` (``cfg.eval.batch_size``,
+    ``cfg.data.num_workers``), read from the prepared uint8 cache of the encoding's size when
+    there is one and ``cfg.data.use_image_cache``."""
     size = encoding.image_size
-    cache = prepared.image_cache(split, size) if use_image_cache else None
+    cache = prepared.image_cache(split, size) if cfg.data.use_image_cache else None
     dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
     return encode_dataset(
         model,
         dataset,
         encoding,
         device,
-        batch_size=batch_size,
-        num_workers=num_workers,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
         description=f"encode {split} {'features' if features else 'images'}",
         features=features,
     )

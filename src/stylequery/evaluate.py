@@ -105,34 +105,6 @@ class EvalResult:
         return data
 
 
-def encode_split_images(
-    model: StyleQueryModel,
-    prepared: PreparedData,
-    split: str,
-    cfg: Config,
-    encoding: Encoding,
-    device: torch.device,
-    features: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Raw (unnormalised) image embeddings of every image of a split: (N, D) float32.
-
-    ``features`` are cached backbone features (frozen-encoder mode); then only the projection runs.
-    """
-    if features is not None:
-        with torch.no_grad():
-            return encode_images(model, features, encoding, device, normalize=False)  # (N, D)
-    return encode_split(
-        model,
-        prepared,
-        split,
-        encoding,
-        device,
-        batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.num_workers,
-        use_image_cache=cfg.data.use_image_cache,
-    )
-
-
 @torch.no_grad()
 def encode_texts(
     model: StyleQueryModel, vocab: Vocab, texts: list[str], device: torch.device, batch_size: int
@@ -186,7 +158,11 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        raw = encode_split_images(model, prepared, split, cfg, encoding, device, features)  # (N, D)
+        raw = (  # (N, D) raw: gallery and query sources; features: frozen-encoder mode
+            encode_split(model, prepared, split, cfg, encoding, device)
+            if features is None
+            else encode_images(model, features, encoding, device, normalize=False)
+        )
         query_emb = _encode_queries(model, raw, prepared, split, queries, vocab, cfg)  # (Q, D)
     finally:
         model.train(was_training)

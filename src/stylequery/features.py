@@ -35,17 +35,7 @@ def cache_backbone_features(
     for split in dict.fromkeys(["train", cfg.eval.split]):
         path = run_dir / "features" / f"{split}_{encoding.image_size}_{key}.pt"
         if not path.is_file() and runtime.is_main_process():
-            features[split] = encode_split(
-                model,
-                prepared,
-                split,
-                encoding,
-                device,
-                batch_size=cfg.eval.batch_size,
-                num_workers=cfg.data.num_workers,
-                use_image_cache=cfg.data.use_image_cache,
-                features=True,
-            )
+            features[split] = encode_split(model, prepared, split, cfg, encoding, device, True)
             with atomic_file(path) as tmp:
                 torch.save(features[split], tmp)
         runtime.barrier()
