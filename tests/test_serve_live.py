@@ -3,7 +3,7 @@ subprocess started, queried and stopped with SIGINT.
 
 Chromium and chromedriver come from Debian (``apt-get install chromium chromium-driver``); the
 browser test is skipped, saying so, only when they are absent. Set ``STYLEQUERY_SCREENSHOT``
-to a path to keep the page's screenshot (the README's ``docs/serve.png`` comes from there).
+to a path to keep the page's screenshot.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { words: [], steps: [], current: -1 };
+const state = { words: [], known: new Set(), steps: [], current: -1 };
 // A step: { source: {id, caption, url} or {file, url, name}, changes: [[from, to]], text, result }
 
 function el(tag, props = {}, children = []) {
@@ -75,8 +75,10 @@ function attachAutocomplete(input, preferred) {
 // ---- changes ------------------------------------------------------------------------------
 
 function sourceWords() {
+  // The source caption's words that the model knows: the likely FROM words of a change.
   const step = state.steps[state.current];
-  return (step && step.source.caption ? step.source.caption.split(/\s+/) : []);
+  const words = step && step.source.caption ? step.source.caption.split(/\s+/) : [];
+  return words.filter((w) => state.known.has(w));
 }
 
 function addChange(from = "", to = "") {
@@ -230,6 +232,7 @@ async function init() {
   try {
     const [vocab, health] = await Promise.all([getJSON("/api/vocab"), getJSON("/api/health")]);
     state.words = vocab.words;
+    state.known = new Set(vocab.words);
     $("status").textContent =
       `${health.index.size.toLocaleString()} items · ${health.model.composer} · ${health.device}`;
   } catch (err) {
