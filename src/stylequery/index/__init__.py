@@ -1,6 +1,10 @@
 """Gallery indexes: one interface (:class:`GalleryIndex`), several backends.
 
 - ``exact`` (:class:`EmbeddingIndex`, the default): a memory-mapped matrix searched exactly.
+- ``faiss`` (``index/faiss.py``, extra ``[faiss]``): an IVF index whose candidates are re-scored
+  exactly, for galleries too big for exact search.
+- ``qdrant`` (``index/qdrant.py``, extra ``[qdrant]``): a Qdrant collection, in a local folder
+  (qdrant-client's local mode) or on a server or cluster by URL.
 
 Use :func:`open_index` to open any index by its location and :func:`build_index` to write one.
 """
@@ -32,6 +36,14 @@ def backend_class(backend: str) -> type[GalleryIndex]:
     """The class of a backend by name."""
     if backend == "exact":
         return EmbeddingIndex
+    if backend == "faiss":
+        from stylequery.index.faiss import FaissIndex
+
+        return FaissIndex
+    if backend == "qdrant":
+        from stylequery.index.qdrant import QdrantIndex
+
+        return QdrantIndex
     raise IndexMismatchError(f"unknown index backend '{backend}'; choose one of {BACKENDS}")
 
 

@@ -1,0 +1,228 @@
+"""The faiss backend: an approximate (IVF) index for galleries too big for exact search.
+
+The folder is an exact index (``embeddings.npy``, ``items.jsonl``, ``index.json``) plus
+``faiss.index``, a compressed inverted-file index over the same rows. A search asks faiss for
+``refine x k`` candidates per query, re-scores them exactly against the stored rows (read from
+the memory-mapped ``embeddings.npy``) and ranks them by descending score, ties by lower row;
+a query left with fewer than ``k`` candidates is answered by exact search. So the scores are
+exact and only the candidate set is approximate.
+
+Build parameters (``factory``, ``nlist``, ``train_size``) and the default search parameters
+(``nprobe``, ``refine``) are stored in ``index.json`` under ``"faiss"``; ``nprobe`` (inverted
+lists visited per query) trades recall for speed at query time. Needs ``faiss-cpu``
+(``pip install 'stylequery[faiss]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import Tensor
+
+from stylequery.errors import DataError, IndexMismatchError
+from stylequery.index.base import (
+    Backend,
+    Gallery,
+    check_exclude,
+    check_queries,
+    clip_k,
+    missing_extra,
+    one_line,
+    sort_exact,
+)
+from stylequery.index.exact import INFO_FILE, EmbeddingIndex, read_info
+from stylequery.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+FAISS_FILE = "faiss.index"
+DEFAULT_FACTORY = "IVF{nlist},PQ{m}x4fs"  # chosen by benchmarks/index_scale.py
+SEARCH_KEYS = ("nprobe", "refine")
+ADD_CHUNK = 262144  # rows added to faiss at once
+SMALL = 1024  # fewer rows than this get uncompressed lists
+
+
+def import_faiss() -> Any:
+    """The faiss module, or the one-line install hint."""
+    try:
+        import faiss
+    except ImportError:
+        raise missing_extra("faiss", "faiss") from None
+    return faiss
+
+
+def default_params(count: int, dim: int) -> dict[str, Any]:
+    """Build and search parameters for a gallery of ``count`` rows of dimension ``dim``.
+
+    ``nlist`` ~ 2 sqrt(N) inverted lists (at least 39 training rows each, at most 8192 so a
+    build stays minutes on one core); 4-bit PQ with one sub-quantiser per 4 dimensions.
+    """
+    nlist = int(max(1, min(8192, 2 * np.sqrt(count), count // 39)))
+    small = count < SMALL or dim % 4  # PQ needs enough training rows and D divisible by 4
+    return {
+        "factory": "IVF{nlist},Flat" if small else DEFAULT_FACTORY,
+        "nlist": nlist,
+        "train_size": min(count, 64 * nlist),
+        "nprobe": max(1, min(nlist, nlist // 32)),
+        "refine": 10,
+    }
+
+
+@dataclass(eq=False)
+class FaissIndex(EmbeddingIndex):
+    """An exact index folder plus a faiss IVF index of its rows (see the module docstring).
+
+    Attributes:
+        ann: the faiss index over the rows, ids = rows.
+        params: build and default search parameters, as stored in ``index.json``.
+        search_params: the search parameters in force (``nprobe``, ``refine``).
+    """
+
+    backend: ClassVar[Backend] = "faiss"
+    ann: Any = field(default=None, repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+    search_params: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, location: str | Path, gallery: Gallery, **params: Any) -> FaissIndex:
+        """Train and fill a faiss index over ``gallery`` and write the folder atomically.
+
+        Args:
+            location: the index folder.
+            gallery: the rows.
+            params: overrides of :func:`default_params` (``factory`` may use ``{nlist}``).
+        """
+        count, dim = gallery.embeddings.shape
+        if count == 0:
+            raise DataError(f"{location}: a faiss index needs at least one row")
+        chosen = {**default_params(count, dim), **params}
+        chosen["factory"] = chosen["factory"].format(nlist=chosen["nlist"], m=dim // 4)
+        ann = _train(gallery.embeddings, chosen)
+        _add_rows(ann, gallery.embeddings, 0)
+        cls.wrap(cls.of_gallery(gallery), ann, chosen).save(Path(location))
+        return cls.open(location)
+
+    @classmethod
+    def wrap(cls, index: EmbeddingIndex, ann: Any, params: dict[str, Any]) -> FaissIndex:
+        """The exact index ``index`` with ``ann`` over its rows."""
+        i = index
+        fields = (i.embeddings, i.paths, i.captions, i.fingerprint, i.meta, i.created, i.updated)
+        return cls(*fields, folder=i.folder, ann=ann, params=params)
+
+    @classmethod
+    def open(cls, location: str | Path, **search_params: Any) -> FaissIndex:
+        """Open the folder; ``nprobe`` and ``refine`` override the stored search defaults."""
+        faiss = import_faiss()
+        folder = Path(location)
+        exact = EmbeddingIndex.load(folder)
+        params = read_info(folder / INFO_FILE).get("faiss")
+        if not isinstance(params, dict):
+            raise IndexMismatchError(f"{folder / INFO_FILE} lacks 'faiss' (not a faiss index)")
+        try:
+            ann = faiss.read_index(str(folder / FAISS_FILE))
+        except RuntimeError as err:
+            raise IndexMismatchError(f"{folder / FAISS_FILE}: {one_line(err)}") from None
+        if ann.ntotal != len(exact) or ann.d != exact.dim:
+            raise IndexMismatchError(
+                f"index {folder} is corrupt: {FAISS_FILE} holds {ann.ntotal} rows of dim "
+                f"{ann.d}, {INFO_FILE} says {len(exact)} of dim {exact.dim}"
+            )
+        index = cls.wrap(exact, ann, params)
+        index.search_params = _search_params(params, search_params)
+        return index
+
+    def add(
+        self,
+        embeddings: np.ndarray | Tensor,
+        paths: Sequence[str],
+        captions: Sequence[str | None] | None = None,
+    ) -> FaissIndex:
+        """Append rows to a copy of the stored index (no retraining) and write atomically."""
+        if self.folder is None:
+            raise ValueError("add() writes to the index folder; this index was built in memory")
+        grown = self.append(embeddings, paths, captions)
+        ann = import_faiss().clone_index(self.ann)
+        _add_rows(ann, grown.embeddings[len(self) :], len(self))
+        FaissIndex.wrap(grown, ann, self.params).save(self.folder)
+        return FaissIndex.open(self.folder, **self.search_params)
+
+    def write_files(self, folder: Path) -> None:
+        super().write_files(folder)
+        import_faiss().write_index(self.ann, str(folder / FAISS_FILE))
+
+    def _describe(self) -> dict[str, Any]:
+        return {**super()._describe(), "faiss": self.params}
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "params": {**self.params, **self.search_params}}
+
+    def search(
+        self,
+        queries: np.ndarray | Tensor,
+        k: int,
+        exclude: Sequence[int] | np.ndarray | Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-k: faiss candidates re-scored exactly (see the module docstring)."""
+        query_array = check_queries(queries, self.dim, self.name)
+        Q, N = len(query_array), len(self)
+        skip = check_exclude(exclude, Q, N)
+        k = clip_k(k, N, skip)
+        if k < 1:
+            return np.empty((Q, 0), np.float32), np.empty((Q, 0), np.int64)
+        fetch = min(N, k * self.search_params["refine"] + 1)
+        import_faiss().ParameterSpace().set_index_parameter(
+            self.ann, "nprobe", self.search_params["nprobe"]
+        )
+        _, ids = self.ann.search(query_array, fetch)  # (Q, fetch), -1 where lists ran out
+        if skip is not None:
+            ids[ids == skip[:, None]] = -1
+        scores = self.score_rows(query_array, np.maximum(ids, 0))
+        scores[ids < 0] = -np.inf
+        scores, ids = sort_exact(scores, ids)
+        scores, ids = scores[:, :k], ids[:, :k]
+        short = np.flatnonzero((ids < 0).any(axis=1))
+        if len(short):  # too few candidates: answer those queries exactly
+            rows = skip[short] if skip is not None else None
+            scores[short], ids[short] = super().search(query_array[short], k, rows, chunk_size)
+        return scores.astype(np.float32), ids.astype(np.int64)
+
+
+def _search_params(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, int]:
+    unknown = sorted(set(given) - set(SEARCH_KEYS))
+    if unknown:
+        raise IndexMismatchError(
+            f"the faiss backend has no search parameter {', '.join(unknown)}; "
+            f"use {' or '.join(SEARCH_KEYS)}"
+        )
+    chosen = {key: int(given.get(key, stored.get(key, 1))) for key in SEARCH_KEYS}
+    if min(chosen.values()) < 1:
+        raise IndexMismatchError(f"faiss search parameters must be positive, got {chosen}")
+    return chosen
+
+
+def _train(rows: np.ndarray, params: dict[str, Any]) -> Any:
+    """An empty faiss index of ``params['factory']`` trained on a fixed sample of ``rows``."""
+    faiss = import_faiss()
+    count, dim = rows.shape
+    ann = faiss.index_factory(dim, params["factory"], faiss.METRIC_INNER_PRODUCT)
+    size = min(count, int(params["train_size"]))
+    sample = np.sort(np.random.default_rng(0).choice(count, size, replace=False))
+    logger.info("training %s on %d of %d rows", params["factory"], size, count)
+    ann.train(np.ascontiguousarray(rows[sample], dtype=np.float32))
+    return ann
+
+
+def _add_rows(ann: Any, rows: np.ndarray, first: int) -> None:
+    """Add ``rows`` to ``ann`` in chunks (ids continue from ``first``, which must be ntotal)."""
+    assert ann.ntotal == first
+    with progress_bar("faiss add", total=len(rows)) as bar:
+        for start in range(0, len(rows), ADD_CHUNK):
+            chunk = np.ascontiguousarray(rows[start : start + ADD_CHUNK], dtype=np.float32)
+            ann.add(chunk)
+            bar.advance(len(chunk))
