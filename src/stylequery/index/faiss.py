@@ -41,7 +41,9 @@ from stylequery.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 FAISS_FILE = "faiss.index"
-DEFAULT_FACTORY = "IVF{nlist},PQ{m}x4fs"  # chosen by benchmarks/index_scale.py
+# Chosen by benchmarks/index_scale.py: an HNSW graph finds the nearest lists (adding 10M rows
+# stays minutes on one core), 4-bit PQ codes (D/2 bytes a row) are scanned with SIMD.
+DEFAULT_FACTORY = "IVF{nlist}_HNSW32,PQ{m}x4fs"
 SEARCH_KEYS = ("nprobe", "refine")
 ADD_CHUNK = 262144  # rows added to faiss at once
 SMALL = 1024  # fewer rows than this get uncompressed lists
@@ -56,16 +58,18 @@ def import_faiss() -> Any:
     return faiss
 
 
-def default_params(count: int, dim: int) -> dict[str, Any]:
+def default_params(count: int, dim: int, nlist: int | None = None) -> dict[str, Any]:
     """Build and search parameters for a gallery of ``count`` rows of dimension ``dim``.
 
     ``nlist`` ~ 2 sqrt(N) inverted lists (at least 39 training rows each, at most 8192 so a
     build stays minutes on one core); 4-bit PQ with one sub-quantiser per 4 dimensions.
     """
-    nlist = int(max(1, min(8192, 2 * np.sqrt(count), count // 39)))
+    if nlist is None:
+        nlist = int(max(1, min(8192, 2 * np.sqrt(count), count // 39)))
     small = count < SMALL or dim % 4  # PQ needs enough training rows and D divisible by 4
+    factory = "IVF{nlist},Flat" if small else DEFAULT_FACTORY
     return {
-        "factory": "IVF{nlist},Flat" if small else DEFAULT_FACTORY,
+        "factory": factory.format(nlist=nlist, m=dim // 4),
         "nlist": nlist,
         "train_size": min(count, 64 * nlist),
         "nprobe": max(1, min(nlist, nlist // 32)),
@@ -100,8 +104,8 @@ class FaissIndex(EmbeddingIndex):
         count, dim = gallery.embeddings.shape
         if count == 0:
             raise DataError(f"{location}: a faiss index needs at least one row")
-        chosen = {**default_params(count, dim), **params}
-        chosen["factory"] = chosen["factory"].format(nlist=chosen["nlist"], m=dim // 4)
+        chosen = {**default_params(count, dim, params.get("nlist")), **params}
+        chosen["factory"] = str(chosen["factory"]).format(nlist=chosen["nlist"], m=dim // 4)
         ann = _train(gallery.embeddings, chosen)
         _add_rows(ann, gallery.embeddings, 0)
         cls.wrap(cls.of_gallery(gallery), ann, chosen).save(Path(location))
