@@ -59,9 +59,7 @@ def opened() -> Iterator[list[GalleryIndex]]:
     indexes: list[GalleryIndex] = []
     yield indexes
     for index in indexes:
-        close = getattr(index, "close", None)
-        if close is not None:
-            close()
+        index.close()
 
 
 def build(backend: str, folder: Path, rows: Gallery, opened: list[GalleryIndex]) -> GalleryIndex:
@@ -71,8 +69,7 @@ def build(backend: str, folder: Path, rows: Gallery, opened: list[GalleryIndex])
 
 
 def reopen(backend: str, index: GalleryIndex, folder: Path, opened: list) -> GalleryIndex:
-    if hasattr(index, "close"):
-        index.close()
+    index.close()
     again = open_index(folder, **SEARCH[backend])
     opened.append(again)
     return again
@@ -155,8 +152,7 @@ def test_failed_rebuild_keeps_the_old_index(
     backend: str, tmp_path: Path, opened: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = build(backend, tmp_path / "ix", gallery(20), opened)
-    if hasattr(index, "close"):
-        index.close()
+    index.close()
     module = __import__(f"stylequery.index.{backend}", fromlist=["_"])
     victim = {"exact": "write_items", "faiss": "write_items", "qdrant": "_upsert"}[backend]
 
@@ -182,8 +178,7 @@ def _exact_module() -> Any:
 
 def test_unknown_search_parameter_is_one_line(backend: str, tmp_path: Path, opened: list) -> None:
     index = build(backend, tmp_path / "ix", gallery(10), opened)
-    if hasattr(index, "close"):
-        index.close()
+    index.close()
     with pytest.raises(IndexMismatchError, match="no search parameter bogus"):
         open_index(tmp_path / "ix", bogus=3)
 

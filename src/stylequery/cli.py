@@ -44,15 +44,26 @@ CheckpointOpt = Annotated[
     Path | None,
     typer.Option(help="Checkpoint (.pt) or export folder (default: the newest run's best.pt)."),
 ]
-IndexOpt = Annotated[
-    Path | None, typer.Option(help="Index folder (default: the checkpoint run's).")
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+BackendOpt = Annotated[
+    str, typer.Option(help="Index backend: exact, faiss (approximate) or qdrant (a database).")
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(help="qdrant: a folder, or http(s)://HOST:PORT/COLLECTION (default: the index)."),
+]
+IndexOpt = Annotated[
+    str | None,
+    typer.Option(help="Index folder or qdrant URL (default: the checkpoint run's index)."),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
-def command(func: F) -> F:
-    """Register a command whose user errors print as one line and exit 1, without a traceback."""
+def command(func: F, group: typer.Typer | None = None, name: str | None = None) -> F:
+    """Register a command whose user errors print as one line and exit 1, without a traceback.
+
+    ``group`` and ``name`` place it in a command group (``stylequery index info``).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +79,7 @@ def command(func: F) -> F:
             report.note("interrupted")
             raise typer.Exit(code=130) from None
 
-    app.command()(wrapper)
+    (group or app).command(name)(wrapper)
     return func
 
 
@@ -271,15 +282,18 @@ def embed(
     float16: Annotated[
         bool, typer.Option("--float16", help="Store embeddings as float16.")
     ] = False,
+    backend: BackendOpt = "exact",
+    uri: UriOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Embed a gallery into an index folder for `stylequery query`.
+    """Embed a gallery into an index for `stylequery query`.
 
-    Settings used: eval.split (of a prepared folder), eval.batch_size, data.num_workers.
+    Settings used: eval.split (of a prepared folder), eval.batch_size, data.num_workers,
+    index.nlist (faiss).
     """
     from stylequery import runs
     from stylequery.inference import embed as run_embed
@@ -302,6 +316,8 @@ def embed(
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
         dtype="float16" if float16 else "float32",
+        backend=backend,
+        params=_index_params(cfg, backend, uri),
     )
     if as_json:
         return report.print_json(dataclasses.asdict(summary) | {"checkpoint": checkpoint})
@@ -331,11 +347,16 @@ def query(
     strict: Annotated[
         bool, typer.Option(help="A word the tokenizer drops or alters is an error, not a warning.")
     ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Find catalogue images that look like each IMAGE after the change (model loaded once)."""
+    """Find catalogue images that look like each IMAGE after the change (model loaded once).
+
+    Settings used: index.nprobe and index.refine (faiss), index.hnsw_ef and index.exact (qdrant).
+    """
     from stylequery import runs
     from stylequery.inference import QueryEngine, image_paths, parse_change
     from stylequery.runtime import resolve_device
@@ -351,15 +372,15 @@ def query(
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()
         report.note(f"using {checkpoint}")
-    index = runs.find_index(checkpoint, index)
-    engine = QueryEngine(checkpoint, index, resolve_device(device))
+    location, params = _index_location(checkpoint, index, _settings(config, set_, None))
+    engine = QueryEngine(checkpoint, location, resolve_device(device), params)
     results = [engine.query(path, changes, text, k, strict=strict) for path in paths]
     for warning in dict.fromkeys(w for r in results for w in r.warnings):  # once each, in order
         report.note(f"warning: {warning}")
     sheets = report.save_sheets(results, save) if save is not None else []
     if as_json:
         queries = [r.to_json() for r in results]
-        return report.print_json({"checkpoint": checkpoint, "index": index, "queries": queries})
+        return report.print_json({"checkpoint": checkpoint, "index": location, "queries": queries})
     for result in results:
         report.print_hits(result)
     for sheet in sheets:
@@ -424,10 +445,15 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option(help="Largest accepted upload in MB (larger: HTTP 413).")
     ] = 10.0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
 ) -> None:
-    """Answer queries over HTTP, with a web page at http://HOST:PORT/ (Ctrl-C stops)."""
+    """Answer queries over HTTP, with a web page at http://HOST:PORT/ (Ctrl-C stops).
+
+    Settings used: index.nprobe and index.refine (faiss), index.hnsw_ef and index.exact (qdrant).
+    """
     from stylequery import runs
     from stylequery.serve import INSTALL_HINT, missing_requirements
 
@@ -440,12 +466,94 @@ def serve(
     if checkpoint is None:
         checkpoint = runs.newest_checkpoint()
         report.note(f"using {checkpoint}")
-    engine = QueryEngine(checkpoint, runs.find_index(checkpoint, index), resolve_device(device))
+    location, params = _index_location(checkpoint, index, _settings(config, set_, None))
+    engine = QueryEngine(checkpoint, location, resolve_device(device), params)
     if host not in ("127.0.0.1", "localhost", "::1"):
         report.note(f"warning: listening on {host}: anyone who can reach it can query")
     report.note(f"serving {len(engine.index):,} items at http://{host}:{port}/")
     run(engine, host, port, ServeSettings(max_upload_bytes=int(max_upload_mb * 1024 * 1024)))
     report.note("stopped")
+
+
+def _index_location(
+    checkpoint: Path, index: str | None, cfg: Config
+) -> tuple[Path | str, dict[str, Any]]:
+    """The index to open (``--index``, a server URL, or the run's) and its search settings."""
+    from stylequery import runs
+    from stylequery.index import is_url, search_params
+
+    if index is not None and is_url(index):
+        location: Path | str = index
+    else:
+        location = runs.find_index(checkpoint, None if index is None else Path(index))
+    return location, search_params(cfg.index, location)
+
+
+def _index_params(cfg: Config, backend: str, uri: str | None) -> dict[str, Any]:
+    """Build parameters of a new index: the ``index`` settings plus the qdrant ``--uri``."""
+    from stylequery.index import BACKENDS, build_params
+
+    if backend not in BACKENDS:
+        raise StyleQueryError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if uri and backend != "qdrant":
+        raise StyleQueryError(f"--uri is for the qdrant backend, not {backend}")
+    return {**build_params(cfg.index, backend), **({"uri": uri} if uri else {})}
+
+
+index_app = typer.Typer(help="Inspect and convert gallery indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@functools.partial(command, group=index_app, name="info")
+def index_info(
+    index: Annotated[str, typer.Argument(help="Index folder or qdrant URL.")],
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Size, dimension, dtype, backend, fingerprint and bytes on disk of an index."""
+    from stylequery.index import open_index
+
+    opened = open_index(index)
+    info = opened.info()
+    opened.close()
+    if as_json:
+        return report.print_json(info)
+    keys = ("backend", "location", "count", "dim", "dtype", "fingerprint", "bytes", "created")
+    rows = [(key, str(info.get(key))) for key in (*keys, "updated")]
+    params = " ".join(f"{key}={value}" for key, value in info.get("params", {}).items())
+    report.print_rows(f"index: {index}", [*rows, ("params", params)])
+
+
+@functools.partial(command, group=index_app, name="convert")
+def index_convert(
+    source: Annotated[str, typer.Argument(help="Index folder or qdrant URL to read.")],
+    out: Annotated[Path, typer.Option(help="Folder of the new index.")],
+    backend: BackendOpt = "faiss",
+    uri: UriOpt = None,
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Copy an index's rows into another backend, without re-encoding any image.
+
+    Settings used: index.nlist (faiss).
+    """
+    from stylequery.fileio import exclusive_lock
+    from stylequery.index import convert_index, open_index
+
+    params = _index_params(_settings(config, set_, overrides), backend, uri)
+    opened = open_index(source)
+    with exclusive_lock(out):
+        converted = convert_index(opened, backend, out, **params)
+    info = converted.info()
+    converted.close()
+    opened.close()
+    if as_json:
+        return report.print_json(info)
+    rows = [(key, str(info.get(key))) for key in ("backend", "count", "dim", "dtype", "bytes")]
+    report.print_rows(f"index: {out}", rows)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -128,11 +128,23 @@ class EvalConfig:
 
 
 @dataclass
+class IndexConfig:
+    nlist: int = setting(0, "faiss build: inverted lists; 0: about 2 sqrt(gallery size)")
+    nprobe: int = setting(
+        0, "faiss search: lists visited per query (more: better recall, slower); 0: stored"
+    )
+    refine: int = setting(0, "faiss search: candidates re-scored exactly per result; 0: stored")
+    hnsw_ef: int = setting(0, "qdrant server search: HNSW beam width; 0: 256")
+    exact: bool = setting(False, "qdrant server search: exhaustive instead of HNSW")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
 
 def find_config(name: str | Path) -> Path:

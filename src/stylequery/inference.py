@@ -20,7 +20,7 @@ from stylequery.data import load_image, load_prepared
 from stylequery.encode import encode_images
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
-from stylequery.index import EmbeddingIndex, open_index
+from stylequery.index import Gallery, build_index, index_exists, open_index
 from stylequery.progress import progress_bar
 from stylequery.runtime import resolve_device
 from stylequery.vocab import Vocab, pad_batch, tokenize_words
@@ -113,12 +113,16 @@ def embed(
     batch_size: int = 64,
     num_workers: int = 2,
     dtype: Literal["float32", "float16"] = "float32",
+    backend: str = "exact",
+    params: dict[str, Any] | None = None,
 ) -> EmbedSummary:
-    """Encode a gallery (prepared split or image folder) into an index folder at ``out``.
+    """Encode a gallery (prepared split or image folder) into an index at ``out``.
 
-    With ``append`` the images already in the index at ``out`` are kept, not re-encoded.
-    Unreadable images are skipped and listed in the summary. The index's write lock is held
-    from reading the old index to saving the new one, so concurrent runs take turns.
+    With ``append`` the images already in the index at ``out`` (of whatever backend) are kept,
+    not re-encoded; otherwise a new ``backend`` index is built with ``params`` (see
+    :func:`stylequery.index.build_index`). Unreadable images are skipped and listed in the
+    summary. The index's write lock is held from reading the old index to writing the new one,
+    so concurrent runs take turns.
 
     Raises:
         LockError: Another process kept the index locked for longer than the lock timeout.
@@ -127,28 +131,27 @@ def embed(
     loaded = load_model(checkpoint, device)
     paths, captions = gallery_source(source, split)
     with exclusive_lock(out):  # a concurrent embed into `out` waits: no append is lost
-        old = EmbeddingIndex.load(out) if append and (out / "index.json").is_file() else None
+        old = open_index(out) if append and index_exists(out) else None
         if old is not None:
             old.check_fingerprint(loaded.fingerprint)
-            known = set(old.paths)
-            keep = [i for i, p in enumerate(paths) if str(p.resolve()) not in known]
+            keep = [i for i, p in enumerate(paths) if str(p.resolve()) not in old]
             paths, captions = [paths[i] for i in keep], [captions[i] for i in keep]
         embeddings, good, skipped = _encode_paths(loaded, paths, device, batch_size, num_workers)
         new_paths = [str(paths[i].resolve()) for i in good]
         new_captions = [captions[i] for i in good]
         if old is not None:
-            index = old.append(embeddings, new_paths, new_captions) if good else old
+            index = old.add(embeddings, new_paths, new_captions) if good else old
         else:
             if not good:
                 raise DataError(f"{source}: none of the {len(paths)} images could be read")
             meta = {"checkpoint": str(checkpoint), "source": str(source), "split": split}
-            index = EmbeddingIndex.build(
-                embeddings, new_paths, new_captions, loaded.fingerprint, dtype=dtype, meta=meta
-            )
-        index.save(out)
+            rows = Gallery.of(embeddings, new_paths, new_captions, loaded.fingerprint, dtype, meta)
+            index = build_index(backend, out, rows, **(params or {}))
+        total = len(index)
+        index.close()
     for path, reason in skipped:
         logger.warning("skipped %s: %s", path, reason)
-    return EmbedSummary(out, len(good), len(index), skipped, time.perf_counter() - start)
+    return EmbedSummary(out, len(good), total, skipped, time.perf_counter() - start)
 
 
 def _encode_paths(

@@ -15,9 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stylequery.config import IndexConfig
 from stylequery.errors import IndexMismatchError
-from stylequery.index.base import BACKENDS, Backend, Gallery, GalleryIndex
+from stylequery.index.base import BACKENDS, Backend, Gallery, GalleryIndex, is_url, utc_now
 from stylequery.index.exact import INFO_FILE, EmbeddingIndex
+
+# Which settings of the ``index`` config section reach each backend, at search and at build.
+SEARCH_SETTINGS = {"exact": (), "faiss": ("nprobe", "refine"), "qdrant": ("hnsw_ef", "exact")}
+BUILD_SETTINGS = {"exact": (), "faiss": ("nlist",), "qdrant": ()}
 
 __all__ = [
     "BACKENDS",
@@ -27,7 +32,12 @@ __all__ = [
     "GalleryIndex",
     "backend_class",
     "build_index",
+    "build_params",
+    "convert_index",
+    "index_exists",
+    "is_url",
     "open_index",
+    "search_params",
     "stored_backend",
 ]
 
@@ -63,13 +73,14 @@ def open_index(location: str | Path, **search_params: Any) -> GalleryIndex:
     """Open the index at ``location``, whatever its backend.
 
     Args:
-        location: an index folder.
+        location: an index folder, or a qdrant server's ``http(s)://HOST:PORT/COLLECTION``.
         search_params: the backend's query-time settings (see each backend).
 
     Raises:
         IndexMismatchError: when there is no readable index there.
     """
-    return backend_class(stored_backend(location)).open(location, **search_params)
+    backend = "qdrant" if is_url(location) else stored_backend(location)
+    return backend_class(backend).open(location, **search_params)
 
 
 def build_index(
@@ -77,3 +88,46 @@ def build_index(
 ) -> GalleryIndex:
     """Write ``gallery`` as a ``backend`` index at ``location`` and return it opened."""
     return backend_class(backend).create(location, gallery, **params)
+
+
+def index_exists(location: str | Path) -> bool:
+    """Whether an index (or a pointer to one on a server) is at ``location``."""
+    return is_url(location) or (Path(location) / INFO_FILE).is_file()
+
+
+def search_params(settings: IndexConfig, location: str | Path) -> dict[str, Any]:
+    """The ``index`` settings that tune search of the index at ``location`` (unset: left out)."""
+    backend = "qdrant" if is_url(location) else stored_backend(location)
+    return _chosen(settings, SEARCH_SETTINGS.get(backend, ()))
+
+
+def build_params(settings: IndexConfig, backend: str) -> dict[str, Any]:
+    """The ``index`` settings that shape a new ``backend`` index (unset ones left out)."""
+    return _chosen(settings, BUILD_SETTINGS.get(backend, ()))
+
+
+def _chosen(settings: IndexConfig, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: getattr(settings, key) for key in keys if getattr(settings, key)}
+
+
+def convert_index(
+    source: GalleryIndex, backend: Backend | str, location: str | Path, **params: Any
+) -> GalleryIndex:
+    """Write the rows of ``source`` as a ``backend`` index at ``location``, without re-encoding.
+
+    The fingerprint, meta, dtype and creation time carry over.
+    """
+    rows = (
+        source.embeddings if isinstance(source, EmbeddingIndex) else source.vectors(0, len(source))
+    )
+    items = source.items(range(len(source)))
+    gallery = Gallery(
+        rows.astype(source.dtype, copy=False),
+        [path for path, _ in items],
+        [caption for _, caption in items],
+        source.fingerprint,
+        dict(source.meta),
+        str(source.info().get("created", utc_now())),
+        utc_now(),
+    )
+    return build_index(backend, location, gallery, **params)

@@ -118,6 +118,9 @@ class GalleryIndex(ABC):
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str) and self.find(path) >= 0
 
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release what the index holds open (a database client); a no-op by default."""
+
     def check_fingerprint(self, fingerprint: str) -> None:
         """Raise :class:`IndexMismatchError` unless the index was embedded by this checkpoint."""
         if fingerprint != self.fingerprint:
@@ -191,6 +194,11 @@ class Gallery:
             "updated": self.updated,
             "meta": self.meta,
         }
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether ``location`` is a database server's URL rather than a folder."""
+    return str(location).startswith(("http://", "https://"))
 
 
 def utc_now() -> str:
