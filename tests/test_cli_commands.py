@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "embed", "query", "export"]
 COMMANDS += ["demo", "serve"]
 WITH_JSON = ["synth", "prepare", "train", "evaluate", "embed", "query", "export"]
-WITH_SETTINGS = ["config", "prepare", "train", "evaluate", "embed"]
+WITH_SETTINGS = ["config", "prepare", "train", "evaluate", "embed", "query", "serve"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
