@@ -30,6 +30,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, percentile, write_result
+from common import base_parser, command_line, percentile, write_result
 from stylequery.index import EmbeddingIndex, Gallery, build_index
 from stylequery.index.faiss import FaissIndex, _add_rows, _train, default_params, import_faiss
 
@@ -241,11 +242,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--factories", nargs="*", help="faiss factory strings ({nlist}, {m})")
     parser.add_argument("--qdrant-max", type=int, default=100_000, help="largest qdrant gallery")
     args = parser.parse_args(argv)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for dim in args.dims:
         for num in args.sizes:
             for kind in args.kinds:
                 rows += run_case(kind, num, dim, args)
+                partial = {"partial": True, "command": command_line("index_scale", argv)}
+                args.out.write_text(json.dumps({**partial, "rows": rows}, indent=2) + "\n")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", "device")}
     return write_result(
         "index_scale", args, argv, rows, settings, started, peak_rss_mb=memory_mb("VmHWM")

@@ -20,6 +20,8 @@ TINY = {
                    "--repeats", "1"],
     "embed_speed": ["--device", "cpu", "--shapes", "tiny", "--products", "6", "--workers", "0",
                     "--repeats", "1"],
+    "index_scale": ["--sizes", "2000", "--dims", "16", "--queries", "64", "--single", "2",
+                    "--batches", "1", "--nprobe", "4", "--qdrant-max", "2000"],
     "query_latency": ["--device", "cpu", "--sizes", "1000", "--shapes", "tiny", "--dtypes",
                       "float16", "--runs", "2", "--repeats", "1"],
     "serve_latency": ["--device", "cpu", "--sizes", "1000", "--shapes", "tiny", "--clients", "1",
@@ -31,6 +33,7 @@ TINY = {
 }  # fmt: skip
 
 ROW_KEYS = {
+    "index_scale": {"kind", "gallery", "dim", "backend", "build_s", "single_p50_ms", "recall@10"},
     "train_speed": {"variant", "images_per_s", "s_per_iter", "runs"},
     "eval_speed": {"test_images", "queries", "total_s", "encode_s", "rest_s"},
     "embed_speed": {"shape", "workers", "embed_images_per_s", "forward_images_per_s"},

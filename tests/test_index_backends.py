@@ -214,3 +214,21 @@ def test_failed_append_keeps_the_old_index(
     assert ids.shape == (5, 20) and int(ids.max()) < 20
     grown = again.add(extra.embeddings, extra.paths, extra.captions)
     assert len(grown) == 25 and grown.find("img/22.jpg") == 22
+
+
+def test_faiss_parameters_are_stored_and_nprobe_trades_recall(tmp_path: Path) -> None:
+    if importlib.util.find_spec("faiss") is None:
+        pytest.skip("faiss is not installed: pip install 'stylequery[faiss]'")
+    rows = gallery(2000, seed=11)  # enough rows for compressed lists
+    build_index("faiss", tmp_path / "ix", rows, nlist=16).close()
+    stored = json.loads((tmp_path / "ix" / "index.json").read_text())["faiss"]
+    assert stored["nlist"] == 16 and stored["factory"] == "IVF16_HNSW32,SQ8"
+    queries = unit_rows(40, 16, seed=12)
+    truth = brute_force(rows.embeddings, queries, 10, [-1] * 40)
+
+    def recall(**search: int) -> float:
+        _, ids = open_index(tmp_path / "ix", **search).search(queries, k=10)
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)]))
+
+    assert recall(nprobe=1) < recall(nprobe=16, refine=200) == 1.0
+    assert open_index(tmp_path / "ix", nprobe=3).info()["params"]["nprobe"] == 3

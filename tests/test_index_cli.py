@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
 from stylequery.index import EmbeddingIndex, open_index
+from test_index_backends import backend
 
 if TYPE_CHECKING:
     from conftest import Cli
 
-PACKAGES = {"exact": None, "faiss": "faiss", "qdrant": "qdrant_client"}
-
-
-@pytest.fixture(params=["exact", "faiss", "qdrant"])
-def backend(request: pytest.FixtureRequest) -> str:
-    package = PACKAGES[request.param]
-    if package is not None and importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} is not installed: pip install 'stylequery[{request.param}]'")
-    return str(request.param)
+__all__ = ["backend"]  # the fixture: every backend whose package is installed
 
 
 def test_embed_query_append_info(

@@ -157,10 +157,15 @@ class EmbeddingIndex(GalleryIndex):
         paths: Sequence[str],
         captions: Sequence[str | None] | None = None,
     ) -> EmbeddingIndex:
+        folder = self.own_folder()
+        self.append(embeddings, paths, captions).save(folder)
+        return EmbeddingIndex.load(folder)
+
+    def own_folder(self) -> Path:
+        """The folder the index was loaded from (``add`` writes there)."""
         if self.folder is None:
             raise ValueError("add() writes to the index folder; this index was built in memory")
-        self.append(embeddings, paths, captions).save(self.folder)
-        return EmbeddingIndex.load(self.folder)
+        return self.folder
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -1,9 +1,9 @@
 """The faiss backend: an approximate (IVF) index for galleries too big for exact search.
 
 The folder is an exact index (``embeddings.npy``, ``items.jsonl``, ``index.json``) plus
-``faiss.index``, a compressed inverted-file index over the same rows. A search asks faiss for
-``refine x k`` candidates per query, re-scores them exactly against the stored rows (read from
-the memory-mapped ``embeddings.npy``) and ranks them by descending score, ties by lower row;
+``faiss.index``, an inverted-file index (IVF, 8-bit scalar codes) over the same rows. A search
+asks faiss for ``refine x k`` candidates per query, re-scores them exactly against the stored
+rows (the memory-mapped ``embeddings.npy``) and ranks them by descending score, ties by lower row;
 a query left with fewer than ``k`` candidates is answered by exact search. So the scores are
 exact and only the candidate set is approximate.
 
@@ -41,12 +41,13 @@ from stylequery.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 FAISS_FILE = "faiss.index"
-# Chosen by benchmarks/index_scale.py: an HNSW graph finds the nearest lists (adding 10M rows
-# stays minutes on one core), 4-bit PQ codes (D/2 bytes a row) are scanned with SIMD.
-DEFAULT_FACTORY = "IVF{nlist}_HNSW32,PQ{m}x4fs"
+# Chosen by benchmarks/index_scale.py (BENCHMARKS.md): an HNSW graph finds the nearest lists
+# (so adding 10M rows does not compare each with every centroid); 8-bit scalar codes (D bytes a
+# row) ranked candidates better than 4-bit PQ (recall@10 0.94-0.95 against 0.89 at 1M).
+DEFAULT_FACTORY = "IVF{nlist}_HNSW32,SQ8"
 SEARCH_KEYS = ("nprobe", "refine")
 ADD_CHUNK = 262144  # rows added to faiss at once
-SMALL = 1024  # fewer rows than this get uncompressed lists
+SMALL = 1024  # fewer rows than this get uncompressed lists (too few to train codes on)
 
 
 def import_faiss() -> Any:
@@ -62,12 +63,12 @@ def default_params(count: int, dim: int, nlist: int | None = None) -> dict[str, 
     """Build and search parameters for a gallery of ``count`` rows of dimension ``dim``.
 
     ``nlist`` ~ 2 sqrt(N) inverted lists (at least 39 training rows each, at most 8192 so a
-    build stays minutes on one core); 4-bit PQ with one sub-quantiser per 4 dimensions.
+    build stays minutes on one core); ``nprobe`` visits 1/32 of them. ``{m}`` in a factory
+    string given instead is D/4 (e.g. ``IVF{nlist},PQ{m}x4fs``).
     """
     if nlist is None:
         nlist = int(max(1, min(8192, 2 * np.sqrt(count), count // 39)))
-    small = count < SMALL or dim % 4  # PQ needs enough training rows and D divisible by 4
-    factory = "IVF{nlist},Flat" if small else DEFAULT_FACTORY
+    factory = "IVF{nlist},Flat" if count < SMALL else DEFAULT_FACTORY
     return {
         "factory": factory.format(nlist=nlist, m=dim // 4),
         "nlist": nlist,
@@ -147,13 +148,12 @@ class FaissIndex(EmbeddingIndex):
         captions: Sequence[str | None] | None = None,
     ) -> FaissIndex:
         """Append rows to a copy of the stored index (no retraining) and write atomically."""
-        if self.folder is None:
-            raise ValueError("add() writes to the index folder; this index was built in memory")
+        folder = self.own_folder()
         grown = self.append(embeddings, paths, captions)
         ann = import_faiss().clone_index(self.ann)
         _add_rows(ann, grown.embeddings[len(self) :], len(self))
-        FaissIndex.wrap(grown, ann, self.params).save(self.folder)
-        return FaissIndex.open(self.folder, **self.search_params)
+        FaissIndex.wrap(grown, ann, self.params).save(folder)
+        return FaissIndex.open(folder, **self.search_params)
 
     def write_files(self, folder: Path) -> None:
         super().write_files(folder)
