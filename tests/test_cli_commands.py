@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from conftest import Cli
 
 COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "embed", "query", "export"]
-COMMANDS += ["demo", "serve"]
+COMMANDS += ["demo", "serve", "index"]  # index: a group (info, convert: tests/test_index_cli.py)
 WITH_JSON = ["synth", "prepare", "train", "evaluate", "embed", "query", "export"]
 WITH_SETTINGS = ["config", "prepare", "train", "evaluate", "embed", "query", "serve"]
 
