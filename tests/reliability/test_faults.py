@@ -99,7 +99,7 @@ def test_kill_9_during_prepare(big_catalogue: Path, tmp_path: Path) -> None:
 def _train_args(catalogue: Path, prepared: Path, name: str) -> list[str]:
     return [
         "train", "-c", "tiny.yaml", f"data.root={catalogue}", f"data.prepared_dir={prepared}",
-        "train.iterations=12", "train.checkpoint_every=4", f"train.name={name}", "--device", "cpu",
+        "train.iterations=8", "train.checkpoint_every=4", f"train.name={name}", "--device", "cpu",
     ]  # fmt: skip
 
 
@@ -112,11 +112,11 @@ def test_kill_9_during_training_then_resume_matches(
     _kill_when(killed, last.is_file)
     _finish(straight)
     saved = torch.load(last, weights_only=True)  # the checkpoint written before the kill loads
-    assert 4 <= saved["iteration"] < 12
+    assert saved["iteration"] >= 4  # 4 unless a very slow machine let it reach the next save
     _finish(_cli(tmp_path, "train", "--resume", last.parent.parent, "--device", "cpu"))
     a = torch.load(tmp_path / "runs/train/straight/weights/last.pt", weights_only=True)
     b = torch.load(last, weights_only=True)
-    assert a["iteration"] == b["iteration"] == 12
+    assert a["iteration"] == b["iteration"] == 8
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, msg=name)
 
