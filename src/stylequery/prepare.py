@@ -112,6 +112,8 @@ def prepare(
         DataError: Bad label lines, missing label files, no images left, and so on.
         LockError: Another prepare kept ``out`` locked for longer than the lock timeout.
     """
+    if image_cache is not None and not 0 <= image_cache <= 4096:
+        raise DataError(f"image cache size must be in [0, 4096] (0: none), got {image_cache}")
     root = Path(cfg.root)
     categories = resolve_categories(root, cfg.categories)
     out_dir = Path(out) if out is not None else prepared_dir(cfg)

@@ -39,6 +39,13 @@ def test_settings_out_of_range_are_one_line(
     assert not (tmp_path / "synth").exists()
 
 
+def test_prepare_image_cache_size_is_checked(cli, tiny_catalogue_copy: Path) -> None:
+    root = tiny_catalogue_copy
+    args = ["prepare", f"data.root={root}", "--image-cache", "-5"]
+    cli.fails(*args, needle="image cache size must be in [0, 4096] (0: none), got -5")
+    assert not (root / "prepared").exists()
+
+
 def test_a_bad_setting_leaves_no_run_folder(
     cli, tiny_catalogue: Path, tiny_prepared: Path, tmp_path: Path
 ) -> None:
