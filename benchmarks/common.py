@@ -139,6 +139,19 @@ def base_parser(doc: str, name: str, repeats: bool = True) -> argparse.ArgumentP
     return parser
 
 
+def add_overrides_option(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable, into ``args.overrides``): extra config overrides for
+    every training run of a quality benchmark (smoke tests only: the figures use none)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for every run (smoke tests only: the figures use none)",
+    )
+
+
 def shape_config(shape: str, overrides: Sequence[str] = ()) -> Config:
     """The config of a model shape in :data:`SHAPES`, with extra overrides."""
     path, shape_overrides = SHAPES[shape]

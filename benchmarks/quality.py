@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_parser, write_result
+from common import add_overrides_option, base_parser, write_result
 from stylequery import runtime
 from stylequery.config import load_config
 from stylequery.data import load_prepared
@@ -65,14 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--catalogue", type=Path, help="reuse (or make) the catalogue here")
     parser.add_argument("--products", type=int, default=DEMO_PRODUCTS, help="catalogue size")
     parser.add_argument("--composers", nargs="+", default=list(COMPOSERS), choices=COMPOSERS)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra override for every run (smoke tests only: the figures use none)",
-    )
+    add_overrides_option(parser)
     args = parser.parse_args(argv)
     device = runtime.resolve_device(args.device)
     default = args.work / f"quality-catalogue-{args.products}p"

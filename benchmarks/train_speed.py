@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.work.mkdir(parents=True, exist_ok=True)
     root = synthetic_catalogue(args.work, args.products, args.jpeg_size)
     prepared = prepared_folder(root, args.image_size)
-    data = load_prepared(prepared)
+    defaults = load_config(None).data  # training carves its validation split the same way
+    data = load_prepared(prepared, None, defaults.val_fraction, defaults.seed)
     overrides = [f"data.root={root}", f"data.prepared_dir={prepared}"]
     overrides += [f"data.image_size={args.image_size}", f"data.num_workers={args.workers}"]
     overrides += [f"train.batch_size={args.batch_size}"]

@@ -26,6 +26,9 @@ TINY = {
                       "float16", "--runs", "2", "--repeats", "1"],
     "serve_latency": ["--device", "cpu", "--sizes", "1000", "--shapes", "tiny", "--clients", "1",
                       "2", "--requests", "2", "--repeats", "1"],
+    "budget": ["--device", "cpu", "--products", "30", "--minutes", "0.01", "--seeds", "0",
+               "--recipes", "reference", "cpu", "image_only", "--set",
+               "data.image_size=32"],
     "quality": ["--device", "cpu", "--products", "20", "--seeds", "0", "--set",
                 "train.iterations=1", "--set", "train.batch_size=4", "--set",
                 "data.image_size=32"],
@@ -41,6 +44,7 @@ ROW_KEYS = {
     "quality": {"composer", "recall@1", "recall@10", "recall@50"},
     "strict_check": {"check", "images", "prepare_s", "images_per_s"},
     "serve_latency": {"shape", "gallery", "clients", "errors", "p50_ms", "p95_ms"},
+    "budget": {"recipe", "seeds", "recall@1", "recall@5", "recall@10", "recall@50"},
 }
 EXTRA_KEYS = {
     "train_speed": {"ratios", "feature_caching"},
@@ -48,6 +52,7 @@ EXTRA_KEYS = {
     "serve_latency": {"cold"},
     "quality": {"per_run"},
     "strict_check": {"strict_over_header"},
+    "budget": {"per_run", "curves", "goals"},
 }
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from stylequery import runtime
 from stylequery.config import (
     Config,
     config_from_dict,
@@ -139,3 +141,14 @@ def test_base_config_replaces_defaults() -> None:
     assert (cfg.data.image_size, cfg.eval.split) == (64, "train")
     assert base.eval.split == "test"  # the base is not modified
     assert Config().data.image_size == 224
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision(cpu, "fp32") == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision(cpu, "auto") == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_precision(cpu, "auto") == "fp32"
+    assert runtime.resolve_precision(torch.device("meta"), "auto") == "fp32"
+    assert load_config(None, ["train.precision=auto"]).train.precision == "auto"

@@ -51,7 +51,16 @@ def test_train_split_and_query_cap(tiny_checkpoint: Path, tiny_prepared: Path) -
     cfg = load_config(None, ["eval.split=train", "eval.max_queries=5"], base=base)
     result = evaluate(tiny_checkpoint, cfg, device=CPU)
     assert result.split == "train" and result.num_queries == 5
-    assert result.gallery_size == len(load_prepared(tiny_prepared).split("train"))
+    carved = load_prepared(tiny_prepared, None, 0.1, 0)  # the checkpoint's data.val_fraction
+    assert result.gallery_size == len(carved.split("train"))
+
+
+def test_val_split_is_the_one_training_chose_on(tiny_checkpoint: Path, tiny_prepared: Path) -> None:
+    cfg = load_config(None, ["eval.split=val"], base=read_config(tiny_checkpoint))
+    result = evaluate(tiny_checkpoint, cfg, device=CPU)
+    val = load_prepared(tiny_prepared, None, 0.1, 0).split("val")
+    assert result.split == "val" and result.gallery_size == len(val) > 0
+    assert result.num_queries == len(val)  # every carved image has a sibling caption
 
 
 def test_select_queries_spreads_evenly() -> None:

@@ -110,6 +110,40 @@ def test_frozen_backbone_trains_the_rest_from_cached_features() -> None:
         assert (param.grad is not None) == param.requires_grad, name
 
 
+@pytest.mark.parametrize("stages", [1, 2, 3, 4])
+def test_frozen_stages_cache_a_cut_that_reproduces_the_embedding(stages: int) -> None:
+    model = tiny_model("concat", frozen_stages=stages).train()
+    frozen = model.image_encoder.stages()[:stages]
+    assert all(not p.requires_grad for stage in frozen for p in stage.parameters())
+    norms = [m for stage in frozen for m in stage.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)  # BatchNorm statistics stay fixed
+    later = model.image_encoder.stages()[stages:]
+    assert all(p.requires_grad for stage in later for p in stage.parameters())
+    model.eval()
+    source, *_ = tiny_batch()
+    with torch.no_grad():
+        cut = model.image_features(source)
+        expected = model.encode_image(source, normalize=False)
+    assert cut.dim() == (2 if stages == 4 else 4)
+    torch.testing.assert_close(model.project_image(cut, normalize=False), expected)
+
+
+def test_frozen_stages_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"model\.frozen_stages"):
+        tiny_model("concat", frozen_stages=5)
+
+
+def test_gated_composer_mixes_image_and_text_by_a_learned_scalar() -> None:
+    composer = COMPOSERS["gated"](D, dropout=0.0).eval()
+    image, text = torch.randn(B, D), torch.randn(B, D)
+    with torch.no_grad():
+        both = torch.cat([composer.image_proj(image), composer.text_proj(text)], dim=1)
+        a = torch.sigmoid(composer.scalar(both))
+        expected = composer.mix(both) + a * text + (1 - a) * image
+        torch.testing.assert_close(composer(image, text), expected)
+    assert ((a > 0) & (a < 1)).all()
+
+
 def test_text_encoder_ignores_padding() -> None:
     torch.manual_seed(0)
     encoder = TextEncoder(VOCAB_SIZE, word_dim=16, hidden_dim=16, embed_dim=D).eval()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
+import math
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -35,8 +38,9 @@ def test_run_folder_holds_config_metrics_curves_and_weights(
     assert load_config(run / "config.yaml") == cfg
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["iteration"] for r in rows if r["loss"]] == ["1", "2", "3", "4"]
-    assert [r["iteration"] for r in rows if r["recall@10"]] == ["2", "4"]
-    assert 0.0 <= float(rows[-1]["recall@10"]) <= 1.0
+    assert [r["iteration"] for r in rows if r["val_recall@10"]] == ["2", "4"]
+    assert [r["iteration"] for r in rows if r["test_recall@10"]] == ["4"]  # once, at the end
+    assert 0.0 <= float(rows[-1]["test_recall@10"]) <= 1.0
     with Image.open(run / "curves.png") as image:
         assert image.format == "PNG"
     last = torch.load(run / "weights" / "last.pt", weights_only=True)
@@ -44,9 +48,65 @@ def test_run_folder_holds_config_metrics_curves_and_weights(
     assert {"model", "loss", "config", "vocab", "version", "fingerprint", "training"} <= set(last)
     assert {"optimizer", "scheduler", "rng", "scaler"} <= set(last["training"])
     best = load_checkpoint(run / "weights" / "best.pt")
-    assert best["metrics"]["recall@10"] == pytest.approx(result.best_value)
+    assert best["metrics"]["val_recall@10"] == pytest.approx(result.best_value)
     assert best["training"] == {}  # weights for inference only: no optimiser, RNG or scaler
     assert best["encoding"]["image_size"] == tiny_config.data.image_size
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["selected_on"] == "val" and report["test"]["split"] == "test"
+    assert report["test"]["recall@10"] == pytest.approx(result.metrics["recall@10"])
+    assert report["val"]["recall@10"] == pytest.approx(result.best_value)
+
+
+def test_only_validation_chooses_and_test_is_read_once(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    splits: list[str] = []
+    train_module = importlib.import_module("stylequery.train")
+    real = train_module.evaluate_model
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        splits.append(kwargs["split"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_model", spy)  # validation
+    monkeypatch.setattr(importlib.import_module("stylequery.evaluate"), "evaluate_model", spy)
+    cfg = _with(tiny_config, "train.iterations=3", "train.eval_every=1")
+    result = train(cfg, tmp_path / "run", CPU)
+    assert splits == ["val", "val", "val", "test"]  # at iterations 1, 2, 3 (the end), then test
+    best = load_checkpoint(result.best)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    validated = [
+        (float(r["val_recall@10"]), int(r["iteration"])) for r in rows if r["val_recall@10"]
+    ]
+    top = max(value for value, _ in validated)
+    assert best["metrics"]["val_recall@10"] == pytest.approx(top)
+    assert best["iteration"] == next(it for value, it in validated if value == top)  # first best
+
+
+def test_time_budget_stops_cleanly_and_cosine_decays_over_it(
+    tiny_config: Config, tmp_path: Path
+) -> None:
+    budget = _with(
+        tiny_config,
+        "train.iterations=100000",
+        "train.max_minutes=0.002",  # 0.12 s, spent after the first iterations
+        "train.lr_schedule=cosine",
+        "train.log_every=1",
+    )
+    result = train(budget, tmp_path / "budget", CPU)
+    assert 1 <= result.iterations < 100000
+    assert result.last.is_file() and result.best.is_file()
+    assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["test"]["recall@10"] >= 0
+    rows = list(csv.DictReader((tmp_path / "budget" / "metrics.csv").open()))
+    assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)  # fully decayed when spent
+    steps = _with(
+        tiny_config, "train.iterations=4", "train.lr_schedule=cosine", "train.log_every=1"
+    )
+    train(steps, tmp_path / "steps", CPU)
+    rows = list(csv.DictReader((tmp_path / "steps" / "metrics.csv").open()))
+    lrs = [float(r["lr"]) for r in rows if r["loss"]]
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(1, 5)]
+    assert lrs == pytest.approx(expected, rel=1e-5)  # metrics.csv keeps 6 digits
 
 
 def test_checkpoint_round_trip_gives_identical_embeddings(
@@ -138,6 +198,24 @@ def test_frozen_image_encoder_trains_only_the_rest(tiny_config: Config, tmp_path
     changed = [k for k in initial if not torch.equal(trained[k], initial[k])]
     assert any(k.startswith("text_encoder.") for k in changed)
     assert any(k.startswith("composer.") for k in changed)
+
+
+def test_partly_frozen_encoder_trains_the_later_stages_from_cached_maps(
+    tiny_config: Config, tmp_path: Path
+) -> None:
+    cfg = _with(tiny_config, "model.frozen_stages=2", "train.iterations=3")
+    result = train(cfg, tmp_path / "run", CPU)
+    cached = torch.load(next((tmp_path / "run" / "features").glob("train_*.pt")), weights_only=True)
+    assert cached.shape[1:] == (128, 4, 4)  # layer2 output of 32 px images
+    runtime.seed_everything(cfg.train.seed)
+    initial = build_model(cfg.model, len(load_checkpoint(result.last)["vocab"])).state_dict()
+    trained = load_checkpoint(result.last)["model"]
+    for name, value in initial.items():
+        if "num_batches" in name or not name.startswith("image_encoder.backbone."):
+            continue
+        stage = name.split(".")[2]
+        frozen = stage in {"conv1", "bn1", "layer1", "layer2"}
+        assert torch.equal(trained[name], value) == frozen, name
 
 
 def _free_port() -> int:

@@ -129,6 +129,21 @@ def test_plot_curves_draws_recall_series(tmp_path: Path) -> None:
     assert viz.SERIES[0] in colours and viz.SERIES[1] in colours
 
 
+def test_split_prefixed_recall_columns_are_plotted(tmp_path: Path) -> None:
+    rows = [{"iteration": i, "loss": 1.0 / i, "val_recall@10": i / 10} for i in range(1, 6)]
+    image = reopen(plot_curves(rows, tmp_path / "c.png", size=(600, 300)))
+    colours = {colour for _, colour in image.crop((300, 0, 600, 300)).getcolors(1 << 16) or []}
+    assert viz.SERIES[0] in colours
+
+
+def test_plot_lines_draws_one_curve_per_name(tmp_path: Path) -> None:
+    series = {"a": [(0.0, 0.1), (1.0, 0.5)], "b": [(0.5, 0.2), (2.0, 0.9)], "empty": []}
+    image = reopen(viz.plot_lines(series, tmp_path / "l.png", "recall", "minutes", (500, 300)))
+    assert image.size == (500, 300)
+    colours = {colour for _, colour in image.getcolors(maxcolors=1 << 16) or []}
+    assert viz.SERIES[0] in colours and viz.SERIES[1] in colours
+
+
 def test_ticks_are_round() -> None:
     values, step = viz._ticks(0.0, 1000.0)
     assert step == 200 and values == [0, 200, 400, 600, 800, 1000]

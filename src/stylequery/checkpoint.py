@@ -15,7 +15,7 @@ import logging
 import pickle
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -299,6 +299,7 @@ class LoadedModel:
     path: Path
     iteration: int
     encoding: Encoding
+    metrics: dict[str, float] = field(default_factory=dict)  # saved with it, e.g. val_recall@10
 
 
 def read_encoding(payload: dict[str, Any], cfg: Config, source: Path) -> Encoding:
@@ -335,4 +336,5 @@ def load_model(path: Path, device: torch.device | str = "auto") -> LoadedModel:
         path=path,
         iteration=int(payload["iteration"]),
         encoding=encoding,
+        metrics=dict(payload.get("metrics") or {}),
     )

@@ -95,6 +95,34 @@ class TirgComposer(Composer):
         return self.weights[0] * gate * image + self.weights[1] * residual  # (B, D)
 
 
+class GatedComposer(Composer):
+    """A gated image-text combiner in the manner of CLIP4Cir's (Baldrati et al., 2022).
+
+    Both inputs are projected (Linear, ReLU, Dropout); from the pair, one branch predicts a
+    per-query scalar ``a`` (sigmoid) and another a residual, and the query is
+    ``residual + a * text + (1 - a) * image``: the model learns per query how much of the
+    source image to keep and how much of the text to add.
+    """
+
+    def __init__(self, embed_dim: int, dropout: float = 0.1) -> None:
+        super().__init__(embed_dim, dropout)
+        both = 2 * embed_dim
+
+        def branch(size_in: int, size_out: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(size_in, size_out), nn.ReLU(), nn.Dropout(dropout))
+
+        self.image_proj = branch(embed_dim, embed_dim)
+        self.text_proj = branch(embed_dim, embed_dim)
+        self.mix = nn.Sequential(branch(both, both), nn.Linear(both, embed_dim))
+        self.scalar = nn.Sequential(branch(both, both), nn.Linear(both, 1))
+
+    def forward(self, image: Tensor, text: Tensor) -> Tensor:
+        """Compose: image (B, D), text (B, D) -> (B, D)."""
+        both = torch.cat([self.image_proj(image), self.text_proj(text)], dim=1)  # (B, 2D)
+        a = torch.sigmoid(self.scalar(both))  # (B, 1)
+        return self.mix(both) + a * text + (1 - a) * image  # (B, D)
+
+
 class ImageOnlyComposer(Composer):
     """Baseline: the query is the source image; the text is ignored."""
 
@@ -118,6 +146,7 @@ class TextOnlyComposer(Composer):
 COMPOSERS: dict[str, type[Composer]] = {
     "concat": ConcatComposer,
     "tirg": TirgComposer,
+    "gated": GatedComposer,
     "image_only": ImageOnlyComposer,
     "text_only": TextOnlyComposer,
 }

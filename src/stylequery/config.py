@@ -36,6 +36,11 @@ FRACTION: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 IMAGE_SIDE: Check = (lambda v: 16 <= v <= 4096, "must be in [16, 4096]")
 
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+HALF: Check = (lambda v: 0 <= v <= 0.5, "must be in [0, 0.5]")
+STAGES: Check = (lambda v: 0 <= v <= 4, "must be in 0..4")
+
+
 def setting(default: Any, help: str, check: Check | None = None) -> Any:
     """A config field with its help text (shown by ``stylequery config`` and in run configs).
 
@@ -64,7 +69,12 @@ class DataConfig:
     use_image_cache: bool = setting(True, "read the prepared uint8 cache of this size if any")
     hflip: bool = setting(False, "random horizontal flip of training images")
     num_workers: int = setting(2, "image-loading worker processes", AT_LEAST_0)
-    seed: int = setting(0, "seed of test-query generation")
+    seed: int = setting(0, "seed of test-query generation and of the validation split")
+    val_fraction: float = setting(
+        0.1,
+        "share of training images carved out (whole products) as validation, to pick best.pt",
+        HALF,
+    )
     max_image_pixels: int = setting(
         40_000_000, "images with more pixels are refused before decoding", AT_LEAST_1
     )
@@ -78,10 +88,13 @@ class ModelConfig:
     pretrained: str = setting("none", "CNN weights: none, imagenet, or a path to a .pth state dict")
     word_dim: int = setting(512, "word embedding size", AT_LEAST_1)
     text_hidden: int = setting(512, "LSTM hidden size", AT_LEAST_1)
-    composer: str = setting("concat", "concat | tirg | image_only | text_only")
+    composer: str = setting("concat", "concat | tirg | gated | image_only | text_only")
     dropout: float = setting(0.1, "dropout in the composer", FRACTION)
     freeze_image_encoder: bool = setting(
         False, "cache backbone features once and train only the rest"
+    )
+    frozen_stages: int = setting(
+        0, "leading ResNet stages (1: stem+layer1 .. 4: all) kept frozen, output cached", STAGES
     )
 
 
@@ -97,22 +110,33 @@ class TrainConfig:
     backbone_lr_mult: float = setting(
         0.1, "learning-rate multiplier for a pretrained backbone", NON_NEGATIVE
     )
-    lr_decay_every: int = setting(0, "iterations between step decays; 0 disables", AT_LEAST_0)
+    lr_decay_every: int = setting(
+        0, "iterations between step decays (lr_schedule=step); 0 disables", AT_LEAST_0
+    )
     lr_decay_factor: float = setting(0.1, "learning-rate factor at each decay", POSITIVE)
+    lr_schedule: Literal["step", "cosine"] = setting(
+        "step", "step, or cosine: decays to 0 over the run (iterations or max_minutes)"
+    )
     iterations: int = setting(0, "run length in iterations; 0: use epochs", AT_LEAST_0)
+    max_minutes: float = setting(0.0, "wall-clock budget of training; 0: none", NON_NEGATIVE)
     epochs: float = setting(1.0, "run length in epochs over the usable source images", POSITIVE)
     loss: str = setting("batch_classification", "batch_classification | soft_triplet")
     loss_scale: float = setting(4.0, "initial learnable scale of the cosine logits", POSITIVE)
-    precision: Literal["fp32", "bf16", "fp16"] = setting(
-        "fp32", "fp32, bf16 (autocast on CPU or CUDA) or fp16 (CUDA)"
+    precision: Precision = setting(
+        "fp32",
+        "auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 (autocast on "
+        "CPU or CUDA) or fp16 (CUDA)",
     )
     channels_last: bool = setting(True, "channels_last memory format for the CNN")
     seed: int = setting(0, "seed of initialisation and data order")
     eval_every: int = setting(
         1000, "iterations between validation runs; 0: only at the end", AT_LEAST_0
     )
+    eval_every_minutes: float = setting(
+        0.0, "also validate when this many minutes passed; 0: off", NON_NEGATIVE
+    )
     eval_max_queries: int = setting(0, "cap validation queries for speed; 0: all", AT_LEAST_0)
-    best_metric: str = setting("recall@10", "validation metric that picks best.pt")
+    best_metric: str = setting("recall@10", "metric on the validation queries that picks best.pt")
     log_every: int = setting(50, "iterations between plain log lines (off a terminal)", AT_LEAST_1)
     checkpoint_every: int = setting(
         1000, "iterations between last.pt saves; 0: only at the end", AT_LEAST_0
@@ -123,7 +147,7 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = setting(64, "images per batch when encoding (evaluate, embed)", AT_LEAST_1)
     ks: list[int] = setting([1, 5, 10, 50, 100], "the K of each recall@K", AT_LEAST_1)
-    split: Literal["train", "test"] = setting("test", "split of the prepared folder to use")
+    split: Literal["train", "val", "test"] = setting("test", "split of the prepared folder to use")
     max_queries: int = setting(0, "cap the number of queries; 0: all", AT_LEAST_0)
 
 

@@ -33,6 +33,7 @@ from stylequery.errors import DataError
 from stylequery.imagecache import ImageSource, cache_file_name, load_image, open_cache
 from stylequery.labels import PREPARED_FORMAT, SPLITS, Item, prepared_dir, read_items, subset_name
 from stylequery.queries import QUERY_FILE, read_prepared_queries
+from stylequery.splits import CacheRows, carve_validation
 from stylequery.vocab import Vocab, pad_batch
 
 __all__ = [
@@ -87,11 +88,24 @@ class PreparedData:
         self.queries = queries
         self._splits = splits
         self._siblings: dict[str, SiblingIndex] = {}
+        # Carved splits: name -> (split whose cache file holds the rows, those rows).
+        self._rows: dict[str, tuple[str, list[int]]] = {}
+
+    def carve_validation(self, fraction: float, seed: int = 0) -> None:
+        """Move whole products from "train" to a "val" split (see :mod:`stylequery.splits`)."""
+        if "val" in self._splits:
+            raise DataError(f"{self.dir}: the validation split is already carved")
+        train, val = carve_validation(self._splits["train"], fraction, seed)
+        items = self._splits["train"]
+        self._splits["train"] = [items[i] for i in train]
+        self._splits["val"] = [items[i] for i in val]
+        self._rows = {"train": ("train", train), "val": ("train", val)}
+        self._siblings.clear()
 
     def split(self, name: str) -> list[Item]:
-        """Images of split ``name`` ("train" or "test"), in file order."""
+        """Images of split ``name`` ("train", "val" or "test"), in file order."""
         if name not in self._splits:
-            raise DataError(f"{self.dir}: unknown split {name!r}; use one of {list(SPLITS)}")
+            raise DataError(f"{self.dir}: unknown split {name!r}; use one of {list(self._splits)}")
         return self._splits[name]
 
     def image_paths(self, name: str) -> list[Path]:
@@ -106,23 +120,32 @@ class PreparedData:
 
     def image_cache(self, split: str, size: int) -> np.ndarray | None:
         """Memory-mapped uint8 (N, S, S, 3) cache of a split, or None if none of this size."""
-        path = self.dir / cache_file_name(split, size)
+        file_split, rows = self._rows.get(split, (split, []))
+        path = self.dir / cache_file_name(file_split, size)
         if not path.is_file():
             return None
-        return open_cache(path, len(self.split(split)), size)
+        if split not in self._rows:
+            return open_cache(path, len(self.split(split)), size)
+        total = int(self.manifest["counts"][file_split]["images"])
+        return CacheRows(path, total, size, rows)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={len(v)}" for s, v in self._splits.items())
         return f"PreparedData({self.dir}, {counts}, queries={len(self.queries)})"
 
 
-def load_prepared(dir: Path, root: Path | None = None) -> PreparedData:
+def load_prepared(
+    dir: Path, root: Path | None = None, val_fraction: float = 0.0, val_seed: int = 0
+) -> PreparedData:
     """Read a prepared folder written by :func:`prepare`.
 
     Args:
         dir: The prepared folder.
         root: Catalogue root; default the one recorded in the manifest, or the folder two
             levels up (``ROOT/prepared/<subset>``) when the catalogue has moved.
+        val_fraction: Share of the training images carved out as the "val" split
+            (``data.val_fraction``); 0 leaves no validation split.
+        val_seed: Seed of that carving.
 
     Raises:
         DataError: The folder is missing, incomplete or inconsistent.
@@ -140,7 +163,10 @@ def load_prepared(dir: Path, root: Path | None = None) -> PreparedData:
             )
     queries = read_prepared_queries(_require_file(dir / QUERY_FILE), splits["test"])
     vocab = Vocab.load(_require_file(dir / "vocab.json"))
-    return PreparedData(dir, root or _find_root(dir, manifest), manifest, splits, queries, vocab)
+    data = PreparedData(dir, root or _find_root(dir, manifest), manifest, splits, queries, vocab)
+    if val_fraction > 0:
+        data.carve_validation(val_fraction, val_seed)
+    return data
 
 
 def _require_file(path: Path) -> Path:

@@ -21,7 +21,7 @@ from stylequery.data import ImageDataset, PreparedData
 from stylequery.errors import CheckpointError
 from stylequery.image_encoder import IMAGENET_MEAN, IMAGENET_STD
 from stylequery.progress import progress_bar
-from stylequery.runtime import autocast
+from stylequery.runtime import autocast, resolve_precision
 
 if TYPE_CHECKING:
     from stylequery.config import Config
@@ -52,9 +52,12 @@ class Encoding:
     std: Triple = IMAGENET_STD
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Encoding:
-        """The encoding a training run with this config uses."""
-        return cls(cfg.data.image_size, cfg.train.precision, cfg.train.channels_last)
+    def from_config(cls, cfg: Config, device: torch.device | None = None) -> Encoding:
+        """The encoding a training run with this config uses (``precision: auto`` resolved for
+        ``device``, default the CPU; training resolves it before it gets here)."""
+        precision = resolve_precision(device or torch.device("cpu"), cfg.train.precision)
+        assert precision != "auto"
+        return cls(cfg.data.image_size, precision, cfg.train.channels_last)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain primitives, safe for ``torch.load(weights_only=True)`` and JSON."""

@@ -247,7 +247,9 @@ def evaluate(
     device = resolve_device(device)
     loaded = load_model(checkpoint, device)
     cfg = replace(cfg or loaded.cfg, model=loaded.cfg.model)
-    data = load_prepared(prepared or prepared_dir(cfg.data))
+    data = load_prepared(
+        prepared or prepared_dir(cfg.data), None, cfg.data.val_fraction, cfg.data.seed
+    )
     _check_vocab(data, loaded.vocab, checkpoint)
     result = evaluate_model(
         loaded.model,
@@ -266,6 +268,27 @@ def evaluate(
         )
         write_json(out, record)
     return result
+
+
+def test_best_checkpoint(
+    best: Path, prepared: PreparedData, device: torch.device, out: Path
+) -> EvalResult:
+    """Test recall of a training run's ``best.pt`` (the run's one look at the test split),
+    written to ``out`` beside the validation recall that chose the checkpoint."""
+    loaded = load_model(best, device)
+    result = evaluate_model(
+        loaded.model, prepared, loaded.cfg, device, split="test", encoding=loaded.encoding
+    )
+    chosen_on = {k[4:]: v for k, v in loaded.metrics.items() if k.startswith("val_")}
+    report = {"checkpoint": str(best), "iteration": loaded.iteration, "selected_on": "val"}
+    write_json(out, {**report, "val": chosen_on, "test": result.to_json()})
+    logger.info("best.pt (iteration %d): test %s", loaded.iteration, format_metrics(result.metrics))
+    return result
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``recall@1 0.1234  recall@5 ...`` for log lines."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 def _check_vocab(prepared: PreparedData, vocab: list[str], checkpoint_path: Path) -> None:

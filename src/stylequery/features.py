@@ -1,8 +1,9 @@
-"""The frozen-encoder feature cache: backbone features of every image, computed once per run.
+"""The frozen-stage feature cache: what the frozen CNN stages make of every image, once per run.
 
-With ``model.freeze_image_encoder`` the CNN never changes, so its pooled features are computed
-once, kept in the run folder (``features/``, keyed by the backbone's fingerprint) and fed to the
-projection in place of images by training and validation.
+With ``model.freeze_image_encoder`` (the whole CNN) or ``model.frozen_stages`` (its first
+stages) frozen, their output never changes, so it is computed once for the training and
+validation images, kept in the run folder (``features/``, keyed by the frozen weights and the
+validation carving) and fed to the trainable rest in place of images.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ logger = logging.getLogger(__name__)
 def cache_backbone_features(
     model: StyleQueryModel, prepared: PreparedData, cfg: Config, device: torch.device, run_dir: Path
 ) -> dict[str, torch.Tensor]:
-    """Backbone features (N, F) of every train and evaluation image, on ``device``: computed on
+    """Frozen-stage output of every train and validation image, on ``device``: computed on
     rank 0 the first time, read from ``run_dir/features/`` afterwards (and by the other ranks)."""
     encoding = Encoding.from_config(cfg)
-    key = fingerprint(dict(model.image_encoder.state_dict()))[:16]
+    encoder = model.image_encoder
+    frozen = {
+        f"{i}.{name}": value
+        for i, stage in enumerate(encoder.stages()[: encoder.frozen_stages])
+        for name, value in stage.state_dict().items()
+    }
+    carving = f"{cfg.data.val_fraction}/{cfg.data.seed}/{encoder.frozen_stages}"
+    key = fingerprint({**frozen, carving: torch.zeros(1)})[:16]
     features = {}
-    for split in dict.fromkeys(["train", cfg.eval.split]):
+    for split in ("train", "val"):
         path = run_dir / "features" / f"{split}_{encoding.image_size}_{key}.pt"
         if not path.is_file() and runtime.is_main_process():
             features[split] = encode_split(model, prepared, split, cfg, encoding, device, True)

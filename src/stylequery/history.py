@@ -1,4 +1,8 @@
-"""A run's ``metrics.csv``: one row per logged iteration, rewritten atomically, read on resume."""
+"""A run's ``metrics.csv``: one row per logged iteration, rewritten atomically, read on resume.
+
+Validation recall (``val_recall@K``, which chooses ``best.pt``) and the one test evaluation at
+the end (``test_recall@K``) have their own columns, so no number's split is in doubt.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ from pathlib import Path
 
 from stylequery.fileio import atomic_file
 
-BASE_COLUMNS = ["iteration", "epoch", "loss", "lr", "images_per_s"]
+BASE_COLUMNS = ["iteration", "epoch", "minutes", "loss", "lr", "images_per_s"]
+SPLITS = ("val", "test")  # recall columns are named by split: val_recall@10, test_recall@10
 
 
 def write_metrics_csv(path: Path, rows: list[dict[str, float]], ks: list[int]) -> None:
     """Rewrite ``metrics.csv`` atomically with a fixed header (empty cells where unknown)."""
-    header = BASE_COLUMNS + [f"recall@{k}" for k in ks]
+    header = BASE_COLUMNS + [f"{split}_recall@{k}" for split in SPLITS for k in ks]
     with atomic_file(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
         writer.writeheader()

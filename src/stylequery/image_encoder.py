@@ -55,7 +55,7 @@ class ImageEncoder(nn.Module):
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
-        self.backbone_frozen = False
+        self.frozen_stages = 0  # leading ResNet stages kept frozen (4: the whole backbone)
         state = load_backbone_state(pretrained)
         if state is not None:
             self.load_backbone(state, source=pretrained)
@@ -75,6 +75,38 @@ class ImageEncoder(nn.Module):
         x = (x - self.mean) / self.std  # (B, 3, H, W)
         return self.backbone(x)  # (B, 512)
 
+    def stages(self) -> list[nn.Module]:
+        """The backbone's four stages: stem + layer1, layer2, layer3, layer4."""
+        net = self.backbone
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+        return [stem, net.layer2, net.layer3, net.layer4]
+
+    def frozen_features(self, images: Tensor) -> Tensor:
+        """Output of the frozen stages, what training caches once per image.
+
+        Args:
+            images: uint8 images, (B, 3, H, W).
+
+        Returns:
+            (B, C, h, w) feature maps after ``frozen_stages`` stages, or (B, 512) pooled
+            features when the whole backbone is frozen (or none of it).
+        """
+        if self.frozen_stages in (0, len(self.stages())):
+            return self.features(images)  # (B, 512)
+        x = (images.float() / 255.0 - self.mean) / self.std  # (B, 3, H, W)
+        for stage in self.stages()[: self.frozen_stages]:
+            x = stage(x)
+        return x  # (B, C, h, w)
+
+    def from_frozen(self, feats: Tensor) -> Tensor:
+        """Embed :meth:`frozen_features` output: the trainable stages and projection -> (B, D)."""
+        x = feats
+        if 0 < self.frozen_stages < len(self.stages()):
+            for stage in self.stages()[self.frozen_stages :]:
+                x = stage(x)
+            x = torch.flatten(self.backbone.avgpool(x), 1)  # (B, 512)
+        return self.project(x)  # (B, D)
+
     def project(self, feats: Tensor) -> Tensor:
         """Project pooled features: (B, 512) -> (B, D)."""
         return self.projection(feats)  # (B, D)
@@ -83,15 +115,26 @@ class ImageEncoder(nn.Module):
         """Embed images: uint8 (B, 3, H, W) -> (B, D), not normalised."""
         return self.project(self.features(images))  # (B, D)
 
-    def freeze_backbone(self) -> None:
-        """Stop training the CNN: no gradients, BatchNorm statistics fixed (eval mode)."""
-        self.backbone.requires_grad_(False)
-        self.backbone_frozen = True
-        self.backbone.eval()
+    def freeze_backbone(self, stages: int = 4) -> None:
+        """Stop training the first ``stages`` stages (4: the whole CNN): no gradients,
+        BatchNorm statistics fixed (eval mode)."""
+        if not 0 <= stages <= len(self.stages()):
+            raise ValueError(f"frozen stages must be in 0..4, got {stages}")
+        self.frozen_stages = stages
+        for stage in self.stages()[:stages]:
+            stage.requires_grad_(False)
+        self.train(self.training)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """Whether the whole CNN is frozen."""
+        return self.frozen_stages == len(self.stages())
 
     def train(self, mode: bool = True) -> ImageEncoder:
-        """Set train/eval mode; a frozen backbone stays in eval mode."""
+        """Set train/eval mode; frozen stages stay in eval mode."""
         super().train(mode)
+        for stage in self.stages()[: self.frozen_stages]:
+            stage.eval()
         if self.backbone_frozen:
             self.backbone.eval()
         return self

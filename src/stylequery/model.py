@@ -74,12 +74,13 @@ class StyleQueryModel(nn.Module):
         return finish(self.image_encoder(images), normalize)  # (B, D)
 
     def image_features(self, images: Tensor) -> Tensor:
-        """Backbone pooled features: uint8 (B, 3, H, W) -> (B, 512) float32."""
-        return self.image_encoder.features(images).float()  # (B, 512)
+        """Output of the frozen backbone stages, the part training caches: uint8 (B, 3, H, W)
+        -> (B, 512) pooled features (whole backbone frozen) or (B, C, h, w) maps, float32."""
+        return self.image_encoder.frozen_features(images).float()
 
     def project_image(self, feats: Tensor, normalize: bool = True) -> Tensor:
-        """Embed pooled features: (B, 512) -> (B, D) float32."""
-        return finish(self.image_encoder.project(feats), normalize)  # (B, D)
+        """Embed :meth:`image_features` output through the trainable rest -> (B, D) float32."""
+        return finish(self.image_encoder.from_frozen(feats), normalize)  # (B, D)
 
     def encode_text(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Embed text: tokens (B, L) long, lengths (B,) long -> (B, D) float32, raw."""
@@ -112,9 +113,10 @@ class StyleQueryModel(nn.Module):
         backbone = {id(p) for p in self.backbone_parameters()}
         return (p for p in self.parameters() if id(p) not in backbone)
 
-    def freeze_image_backbone(self) -> None:
-        """Freeze the CNN (fast mode): its features can be cached; the rest still trains."""
-        self.image_encoder.freeze_backbone()
+    def freeze_image_backbone(self, stages: int = 4) -> None:
+        """Freeze the first ``stages`` CNN stages (4: all, the fast mode): their output can be
+        cached; the rest still trains."""
+        self.image_encoder.freeze_backbone(stages)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, load_pretrained: bool = True) -> StyleQueryModel:
@@ -131,6 +133,9 @@ def build_model(cfg: ModelConfig, vocab_size: int, load_pretrained: bool = True)
         WeightsError: pretrained weights that cannot be loaded.
     """
     composer_class(cfg.composer)  # fail on a bad name before building the CNN
+    if not 0 <= cfg.frozen_stages <= 4:
+        stages = cfg.frozen_stages
+        raise ConfigError(f"config key 'model.frozen_stages': must be 0..4, got {stages}")
     for key in ("embed_dim", "word_dim", "text_hidden"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(
@@ -150,7 +155,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, load_pretrained: bool = True)
     if not model.uses_text:
         # image_only: the text never reaches a loss, so its weights would never get a gradient.
         model.text_encoder.requires_grad_(False)
-    if cfg.freeze_image_encoder:
-        model.freeze_image_backbone()
+    if cfg.freeze_image_encoder or cfg.frozen_stages:
+        model.freeze_image_backbone(4 if cfg.freeze_image_encoder else cfg.frozen_stages)
     logger.debug("built model: composer=%s, pretrained=%s", cfg.composer, pretrained)
     return model

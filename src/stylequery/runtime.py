@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from stylequery.config import Precision
 from stylequery.errors import StyleQueryError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +52,33 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX; Linux flags only)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device, precision: Precision) -> Precision:
+    """``auto`` -> ``bf16`` where the hardware runs it natively (a CPU with AVX-512 BF16 or
+    AMX, a CUDA GPU from Ampere on), else ``fp32``; any other value is returned as is."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast context for ``bf16``/``fp16``; a no-op for fp32 (and fp16 off CUDA)."""
+    """Autocast context for ``bf16``/``fp16`` (``auto`` resolved by :func:`resolve_precision`);
+    a no-op for fp32 (and fp16 off CUDA)."""
+    if precision == "auto":
+        precision = resolve_precision(device, "auto")
     if precision == "bf16" and device.type in ("cuda", "cpu"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision == "fp16" and device.type == "cuda":

@@ -10,6 +10,7 @@ and saves.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -27,7 +28,7 @@ from stylequery import runtime
 from stylequery.checkpoint import (
     fingerprint,
 )
-from stylequery.config import Config, dump_config
+from stylequery.config import Config, dump_config, replace
 from stylequery.data import (
     EpochSampler,
     PairDataset,
@@ -38,7 +39,7 @@ from stylequery.data import (
 )
 from stylequery.encode import Encoding, encode_images
 from stylequery.errors import DataError, StyleQueryError
-from stylequery.evaluate import evaluate_model
+from stylequery.evaluate import evaluate_model, format_metrics, test_best_checkpoint
 from stylequery.features import cache_backbone_features
 from stylequery.fileio import exclusive_lock
 from stylequery.history import write_metrics_csv
@@ -46,6 +47,7 @@ from stylequery.loss import build_loss, gather_with_grad
 from stylequery.model import StyleQueryModel, build_model
 from stylequery.progress import progress_bar
 from stylequery.runs import checkpoint_paths
+from stylequery.schedule import cosine_factor, run_progress, set_lr_factor
 from stylequery.trainstate import RunContext, TrainState, restore_state, save_state
 from stylequery.viz import plot_curves
 
@@ -106,11 +108,16 @@ class TrainingStep(nn.Module):
         return self.loss_fn(query.float(), targets, positives)
 
 
+def caches_features(cfg: Config) -> bool:
+    """Whether training reads cached output of frozen backbone stages instead of pixels."""
+    return cfg.model.freeze_image_encoder or cfg.model.frozen_stages > 0
+
+
 def build_loaders(
     cfg: Config, prepared: PreparedData, device: torch.device
 ) -> tuple[PairDataset, EpochSampler, DataLoader]:
     """The training pair dataset, its sampler and loader."""
-    frozen = cfg.model.freeze_image_encoder
+    frozen = caches_features(cfg)
     dataset = PairDataset(
         prepared,
         "train",
@@ -219,19 +226,30 @@ def train_one_epoch(state: TrainState, loader: DataLoader, ctx: RunContext, bar:
         window.append(value)
         state.iteration += 1
         pairs += len(batch["tokens"])
-        done = state.iteration >= ctx.total
+        progress = run_progress(state.iteration, ctx.total, state.elapsed(), cfg.train.max_minutes)
+        if cfg.train.lr_schedule == "cosine":
+            set_lr_factor(state.optimizer, cosine_factor(progress))
+        done = progress >= 1.0
         if state.iteration % cfg.train.log_every == 0 or done:
             images_per_s = 2 * pairs * runtime.world_size() / (time.perf_counter() - tick)
             record(state, ctx, loss=sum(window) / len(window), images_per_s=images_per_s)
             window, tick, pairs = [], time.perf_counter(), 0
             bar.set(img_s=f"{images_per_s:.0f}")
         bar.advance(1, loss=value, lr=state.optimizer.param_groups[-1]["lr"])
-        if cfg.train.eval_every and state.iteration % cfg.train.eval_every == 0 and not done:
+        if due_validation(state, cfg) and not done:
             validate(state, ctx)
         if cfg.train.checkpoint_every and state.iteration % cfg.train.checkpoint_every == 0:
             save_state(state, ctx, checkpoint_paths(ctx.run_dir)[0])
         if done:
             return
+
+
+def due_validation(state: TrainState, cfg: Config) -> bool:
+    """Whether ``eval_every`` iterations or ``eval_every_minutes`` have passed."""
+    if cfg.train.eval_every and state.iteration % cfg.train.eval_every == 0:
+        return True
+    minutes = cfg.train.eval_every_minutes
+    return minutes > 0 and time.perf_counter() - state.last_eval >= 60 * minutes
 
 
 def record(state: TrainState, ctx: RunContext, **values: float) -> None:
@@ -240,6 +258,7 @@ def record(state: TrainState, ctx: RunContext, **values: float) -> None:
         "iteration": float(state.iteration),
         "epoch": state.iteration / ctx.steps_per_epoch,
         "lr": state.optimizer.param_groups[-1]["lr"],
+        "minutes": state.elapsed() / 60,
         **values,
     }
     state.history.append(row)
@@ -248,7 +267,8 @@ def record(state: TrainState, ctx: RunContext, **values: float) -> None:
 
 
 def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
-    """Run the test protocol (rank 0), log it, and keep ``best.pt`` by ``train.best_metric``."""
+    """Run the protocol on the validation split (rank 0), log it, and keep ``best.pt`` by
+    ``train.best_metric``. The test split is never looked at here."""
     metrics: dict[str, float] = {}
     if runtime.is_main_process():
         result = evaluate_model(
@@ -256,26 +276,35 @@ def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
             ctx.prepared,
             ctx.cfg,
             ctx.device,
+            split="val",
             max_queries=ctx.cfg.train.eval_max_queries,
-            features=state.features.get(ctx.cfg.eval.split),
+            features=state.features.get("val"),
         )
         metrics = result.metrics
-        record(state, ctx, **metrics)
+        labelled = {f"val_{k}": v for k, v in metrics.items()}
+        record(state, ctx, **labelled)
         if ctx.cfg.train.best_metric not in metrics:
             raise StyleQueryError(
                 f"train.best_metric '{ctx.cfg.train.best_metric}' is not one of {sorted(metrics)}"
             )
-        logger.info(
-            "iteration %d: %s",
-            state.iteration,
-            "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-        )
+        logger.info("iteration %d: validation %s", state.iteration, format_metrics(metrics))
         value = metrics[ctx.cfg.train.best_metric]
         if value > state.best_value:
             state.best_value = value
-            save_state(state, ctx, checkpoint_paths(ctx.run_dir)[1], metrics, resumable=False)
+            save_state(state, ctx, checkpoint_paths(ctx.run_dir)[1], labelled, resumable=False)
         plot_curves(state.history, ctx.run_dir / "curves.png")
+    state.last_eval = time.perf_counter()
     runtime.barrier()
+    return metrics
+
+
+def test_best(state: TrainState, ctx: RunContext) -> dict[str, float]:
+    """Test recall of ``best.pt`` into ``metrics.json`` and a last ``test_`` row (rank 0)."""
+    if not runtime.is_main_process():
+        return {}
+    best, out = checkpoint_paths(ctx.run_dir)[1], ctx.run_dir / "metrics.json"
+    metrics = test_best_checkpoint(best, ctx.prepared, ctx.device, out).metrics
+    record(state, ctx, **{f"test_{k}": v for k, v in metrics.items()})
     return metrics
 
 
@@ -312,20 +341,25 @@ def train(
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, resume: bool) -> TrainResult:
     start = time.perf_counter()
-    runtime.check_precision(device, cfg.train.precision)
-    prepared = load_prepared(prepared_dir(cfg.data))
+    precision = runtime.resolve_precision(device, cfg.train.precision)
+    cfg = replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    runtime.check_precision(device, precision)
+    prepared = load_prepared(prepared_dir(cfg.data), None, cfg.data.val_fraction, cfg.data.seed)
+    if not prepared.split("val"):
+        raise DataError(f"data.val_fraction={cfg.data.val_fraction}: no validation images")
     if runtime.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     dataset, sampler, loader = build_loaders(cfg, prepared, device)
     state = build_state(cfg, len(prepared.vocab), device)
+    state.started = start
     steps = sampler.num_batches
     total = cfg.train.iterations or max(1, math.ceil(cfg.train.epochs * steps))
     ctx = RunContext(cfg, prepared, run_dir, device, total, steps)
     last, best = checkpoint_paths(run_dir)
     if resume:
         restore_state(state, last, ctx)
-    if cfg.model.freeze_image_encoder:
+    if caches_features(cfg):
         state.features = cache_backbone_features(state.model, prepared, cfg, device, run_dir)
     logger.info(
         "training %d iterations (%d per epoch, %d pairs) on %s into %s",
@@ -333,13 +367,18 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, resume: bool) -> Tr
     )
     with progress_bar("train", total=total, enabled=runtime.is_main_process()) as bar:
         bar.completed = state.iteration
-        while state.iteration < total:
+        while (
+            state.iteration == 0
+            or run_progress(state.iteration, total, state.elapsed(), cfg.train.max_minutes) < 1.0
+        ):
             epoch = state.iteration // steps
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch, skip_batches=state.iteration % steps)
             train_one_epoch(state, loader, ctx, bar)
     runtime.broadcast_buffers(state.model)  # each rank updated its own BatchNorm statistics
-    metrics = validate(state, ctx)
-    fp = save_state(state, ctx, last, metrics) or fingerprint(state.model.state_dict())
+    val_metrics = validate(state, ctx)
+    fp = save_state(state, ctx, last, {f"val_{k}": v for k, v in val_metrics.items()})
+    fp = fp or fingerprint(state.model.state_dict())
+    metrics = test_best(state, ctx)
     seconds = time.perf_counter() - start
     return TrainResult(run_dir, last, best, state.iteration, state.best_value, metrics, fp, seconds)

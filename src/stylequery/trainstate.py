@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,15 @@ class TrainState:
     scaler: torch.amp.GradScaler
     iteration: int = 0
     best_value: float = -math.inf
-    features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen-encoder cache
+    seconds_before: float = 0.0  # training time of earlier sessions of a resumed run
+    started: float = field(default_factory=time.perf_counter)
+    last_eval: float = field(default_factory=time.perf_counter)  # when validation last ran
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # frozen-stage cache
     history: list[dict[str, float]] = field(default_factory=list)  # metrics.csv rows
+
+    def elapsed(self) -> float:
+        """Seconds this run has trained (set-up and validation included), over resumes."""
+        return self.seconds_before + time.perf_counter() - self.started
 
 
 @dataclass
@@ -72,6 +80,7 @@ def save_state(
             "scaler": state.scaler.state_dict(),
             "rng": rng_state(),
             "best_value": state.best_value,
+            "seconds": state.elapsed(),
         }
     return save_checkpoint(
         path,
@@ -101,5 +110,7 @@ def restore_state(state: TrainState, path: Path, ctx: RunContext) -> None:
     set_rng_state(training["rng"])
     state.iteration = int(payload["iteration"])
     state.best_value = float(training["best_value"])
+    state.seconds_before = float(training.get("seconds", 0.0))
+    state.started = time.perf_counter()
     state.history = read_metrics_csv(ctx.run_dir / "metrics.csv", state.iteration)
     logger.info("resumed %s at iteration %d", path, state.iteration)

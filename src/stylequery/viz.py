@@ -201,7 +201,8 @@ def plot_curves(
 ) -> Path:
     """Plot training curves: losses (left) and every ``recall@K`` column (right) against ``x``.
 
-    Every key containing "loss" goes to the left panel, every "recall@K" key to the right one.
+    Every key containing "loss" goes to the left panel, every "recall@K" key (also prefixed by
+    its split, as ``val_recall@10``) to the right one.
     A row lacking a key, or holding a non-finite value for it, contributes no point to that
     curve, so recall rows logged only at evaluation iterations plot fine next to loss rows.
 
@@ -213,10 +214,27 @@ def plot_curves(
     draw = ImageDraw.Draw(image)
     keys = sorted({key for row in rows for key in row})
     losses = [key for key in keys if "loss" in key and key != x]
-    recalls = sorted((k for k in keys if k.startswith("recall@")), key=_recall_order)
+    recalls = sorted((k for k in keys if "recall@" in k), key=_recall_order)
     half = width // 2
     _draw_panel(draw, (0, 0, half, height), "loss", _series(rows, x, losses), x)
     _draw_panel(draw, (half, 0, width, height), "recall@K", _series(rows, x, recalls), x)
+    return _save_png(image, out)
+
+
+def plot_lines(
+    series: dict[str, list[tuple[float, float]]],
+    out: Path,
+    title: str,
+    x_label: str,
+    size: tuple[int, int] = (1200, 500),
+) -> Path:
+    """One panel of named (x, y) curves, e.g. validation recall against minutes per recipe.
+
+    Returns:
+        ``out``, written atomically.
+    """
+    image = Image.new("RGB", size, WHITE)
+    _draw_panel(ImageDraw.Draw(image), (0, 0, *size), title, series, x_label)
     return _save_png(image, out)
 
 
@@ -315,9 +333,9 @@ def _format_tick(value: float, step: float) -> str:
     return f"{value:.{max(0, -math.floor(math.log10(step)))}f}"
 
 
-def _recall_order(key: str) -> tuple[int, str]:
-    suffix = key.removeprefix("recall@")
-    return (int(suffix), key) if suffix.isdigit() else (1 << 30, key)
+def _recall_order(key: str) -> tuple[str, int, str]:
+    split, _, suffix = key.rpartition("recall@")
+    return (split, int(suffix), key) if suffix.isdigit() else (split, 1 << 30, key)
 
 
 def _colours(count: int) -> list[tuple[int, int, int]]:
