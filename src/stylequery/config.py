@@ -123,7 +123,7 @@ class TrainConfig:
     loss: str = setting("batch_classification", "batch_classification | soft_triplet")
     loss_scale: float = setting(4.0, "initial learnable scale of the cosine logits", POSITIVE)
     precision: Precision = setting(
-        "fp32",
+        "auto",
         "auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 (autocast on "
         "CPU or CUDA) or fp16 (CUDA)",
     )
