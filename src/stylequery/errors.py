@@ -31,3 +31,8 @@ class IndexMismatchError(StyleQueryError):
 
 class LockError(StyleQueryError):
     """Another process holds the write lock of a file or folder for longer than we wait."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (its type name when it has no text), for error messages."""
+    return " ".join(str(exc).split()) or type(exc).__name__

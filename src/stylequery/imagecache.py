@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from stylequery.config import DataConfig
-from stylequery.errors import DataError
+from stylequery.errors import DataError, one_line
 from stylequery.fileio import atomic_file
 from stylequery.progress import progress_bar
 
@@ -34,10 +34,6 @@ _BLOCK = 256  # images decoded per batch of thread-pool work (bounds memory held
 MAX_PIXELS = DataConfig().max_image_pixels  # default of data.max_image_pixels
 # PIL warns (at 89 MP) about images that _check_pixels refuses anyway, with a lower limit.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class _TooLarge(ValueError):
@@ -74,7 +70,7 @@ def decode_image(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndar
     except _TooLarge as exc:
         raise DataError(f"{path}: image too large: {exc}") from None
     except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: cannot read image: {_one_line(exc)}") from None
+        raise DataError(f"{path}: cannot read image: {one_line(exc)}") from None
 
 
 def image_array(image: Image.Image, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -110,7 +106,7 @@ def load_image(path: Path | Image.Image, size: int, max_pixels: int = MAX_PIXELS
         try:
             pixels = image_array(path, size, max_pixels)
         except _PIL_ERRORS as exc:
-            raise DataError(f"cannot read the given image: {_one_line(exc)}") from None
+            raise DataError(f"cannot read the given image: {one_line(exc)}") from None
     else:
         pixels = decode_image(path, size, max_pixels)
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
@@ -131,7 +127,7 @@ def image_problem(path: Path, max_pixels: int = MAX_PIXELS, full: bool = False) 
     except FileNotFoundError:
         return "not found"
     except OSError as exc:
-        return f"cannot stat: {_one_line(exc)}"
+        return f"cannot stat: {one_line(exc)}"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
     if info.st_size == 0:
@@ -146,7 +142,7 @@ def image_problem(path: Path, max_pixels: int = MAX_PIXELS, full: bool = False) 
     except _TooLarge as exc:
         return f"too large: {exc}"
     except _PIL_ERRORS as exc:
-        return f"unreadable: {_one_line(exc)}"
+        return f"unreadable: {one_line(exc)}"
     return None
 
 
@@ -257,7 +253,7 @@ def open_cache(path: Path, count: int, size: int) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt image cache: {_one_line(exc)}") from None
+        raise DataError(f"{path}: corrupt image cache: {one_line(exc)}") from None
     if array.dtype != np.uint8 or array.shape != (count, size, size, 3):
         raise DataError(
             f"{path}: image cache has shape {array.shape} {array.dtype}, "

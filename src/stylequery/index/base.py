@@ -270,10 +270,6 @@ def check_dim(dim: int, index: GalleryIndex) -> None:
         )
 
 
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
 def missing_extra(extra: str, module: str) -> StyleQueryError:
     """The one-line error for a backend whose optional package is not installed."""
     return StyleQueryError(

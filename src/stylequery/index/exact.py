@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stylequery.errors import IndexMismatchError
+from stylequery.errors import IndexMismatchError, one_line
 from stylequery.fileio import atomic_dir, write_json
 from stylequery.index.base import (
     DTYPES,
@@ -43,7 +43,6 @@ from stylequery.index.base import (
     check_unique,
     clip_k,
     folder_bytes,
-    one_line,
     sort_exact,
 )
 

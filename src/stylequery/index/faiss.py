@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from stylequery.errors import DataError, IndexMismatchError
+from stylequery.errors import DataError, IndexMismatchError, one_line
 from stylequery.index.base import (
     Backend,
     Gallery,
@@ -32,7 +32,6 @@ from stylequery.index.base import (
     check_queries,
     clip_k,
     missing_extra,
-    one_line,
     sort_exact,
 )
 from stylequery.index.exact import INFO_FILE, EmbeddingIndex, read_info

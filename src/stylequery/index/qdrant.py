@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from stylequery.errors import IndexMismatchError
+from stylequery.errors import IndexMismatchError, one_line
 from stylequery.fileio import write_json
 from stylequery.index.base import (
     FORMAT_VERSION,
@@ -47,7 +47,6 @@ from stylequery.index.base import (
     folder_bytes,
     is_url,
     missing_extra,
-    one_line,
     sort_exact,
     utc_now,
 )
