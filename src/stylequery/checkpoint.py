@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import random
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,7 @@ from stylequery import __version__
 from stylequery.config import Config, config_from_dict, config_to_dict
 from stylequery.encode import Encoding
 from stylequery.errors import CheckpointError, ConfigError
-from stylequery.fileio import atomic_dir, atomic_file, write_json
+from stylequery.fileio import atomic_dir, atomic_file, read_torch, write_json
 from stylequery.runtime import resolve_device
 
 if TYPE_CHECKING:
@@ -155,25 +153,12 @@ _REQUIRED = {
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``), or raise CheckpointError.
 
-    Nothing in the file is executed; the one-line errors say what is wrong in stylequery's
-    words (never torch's hint to load an untrusted file without ``weights_only``).
+    Nothing in the file is executed; any damage is one line (:func:`fileio.read_torch`).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path}: not a stylequery checkpoint: unreadable, or holding Python objects "
-            "(which stylequery never loads)"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError, UnicodeDecodeError):
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (empty, truncated or not a torch file)"
-        ) from None
+    payload = read_torch(path, "checkpoint", CheckpointError, map_location)
     _check_structure(payload, path)
     return payload
 

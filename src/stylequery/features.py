@@ -18,7 +18,8 @@ from stylequery.checkpoint import fingerprint
 from stylequery.config import Config
 from stylequery.data import PreparedData
 from stylequery.encode import Encoding, encode_split
-from stylequery.fileio import atomic_file
+from stylequery.errors import DataError
+from stylequery.fileio import atomic_file, read_torch
 from stylequery.model import StyleQueryModel
 
 logger = logging.getLogger(__name__)
@@ -48,5 +49,5 @@ def cache_backbone_features(
                 torch.save(features[split], tmp)
         runtime.barrier()
         if split not in features:
-            features[split] = torch.load(path, weights_only=True)
+            features[split] = read_torch(path, "feature cache (delete it to recompute)", DataError)
     return {k: v.to(device) for k, v in features.items()}

@@ -16,15 +16,18 @@ import fcntl
 import glob
 import json
 import os
+import pickle
 import shutil
+import struct
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stylequery.errors import LockError
+from stylequery.errors import LockError, StyleQueryError
 
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another one before giving up
 _LOCK_POLL = 0.05  # seconds between attempts while waiting
@@ -87,6 +90,51 @@ def write_text(path: Path, text: str) -> Path:
 def write_json(path: Path, data: Any) -> Path:
     """Write pretty-printed JSON atomically."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+# What torch's weights-only unpickler raises on bytes that are not a well-formed torch file.
+# It is pure Python, so a malformed stream fails with whichever builtin error the broken
+# opcode trips over; fuzzing torch.load with random and mutated files met all of these.
+_MALFORMED = (
+    RuntimeError,
+    OSError,
+    EOFError,
+    ValueError,  # UnicodeDecodeError too
+    IndexError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    struct.error,
+    OverflowError,
+    MemoryError,
+)
+
+
+def read_torch(
+    path: Path, what: str, error: type[StyleQueryError], map_location: Any = "cpu"
+) -> Any:
+    """``torch.load(weights_only=True)`` of a file that may hold anything.
+
+    Nothing in the file is executed. Every way it can fail becomes one ``error`` line that
+    names the file and says what is wrong in stylequery's words (never torch's hint to load
+    an untrusted file without ``weights_only``). ``what`` names the file's role ("checkpoint").
+    """
+    import torch  # fileio stays importable without torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise error(
+            f"{path}: not a {what}: unreadable, or holding Python objects "
+            "(which stylequery never loads)"
+        ) from None
+    except _MALFORMED:
+        raise error(
+            f"{path}: not a readable {what} (empty, truncated, corrupt or not a torch file)"
+        ) from None
 
 
 def lock_path(target: Path) -> Path:

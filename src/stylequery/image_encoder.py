@@ -12,7 +12,6 @@ file in the TORCH_HOME cache, downloaded only when asked for and missing), or a 
 from __future__ import annotations
 
 import logging
-import pickle
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from stylequery.errors import WeightsError
+from stylequery.fileio import read_torch
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +199,7 @@ def read_state_file(path: Path) -> StateDict:
     Raises:
         WeightsError: the file cannot be read or holds no state dict.
     """
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"{path}: cannot read weights: {first_line}") from exc
-    return _clean_state(raw, str(path))
+    return _clean_state(read_torch(path, "weights file", WeightsError), str(path))
 
 
 def _clean_state(raw: Any, source: str) -> StateDict:
