@@ -179,9 +179,7 @@ class FaissIndex(EmbeddingIndex):
         if k < 1:
             return np.empty((Q, 0), np.float32), np.empty((Q, 0), np.int64)
         fetch = min(N, k * self.search_params["refine"] + 1)
-        import_faiss().ParameterSpace().set_index_parameter(
-            self.ann, "nprobe", self.search_params["nprobe"]
-        )
+        _set_nprobe(self.ann, self.search_params["nprobe"])
         _, ids = self.ann.search(query_array, fetch)  # (Q, fetch), -1 where lists ran out
         if skip is not None:
             ids[ids == skip[:, None]] = -1
@@ -194,6 +192,20 @@ class FaissIndex(EmbeddingIndex):
             rows = skip[short] if skip is not None else None
             scores[short], ids[short] = super().search(query_array[short], k, rows, chunk_size)
         return scores.astype(np.float32), ids.astype(np.int64)
+
+
+def _set_nprobe(ann: Any, nprobe: int) -> None:
+    """Visit ``nprobe`` lists, and let an HNSW coarse quantiser find that many.
+
+    The graph's search breadth (``efSearch``, 16 by default) caps how many good lists it
+    returns: at its default, recall@10 stalled near 0.95 whatever ``nprobe`` (BENCHMARKS.md,
+    "Index backends"). Twice ``nprobe`` reached the recall of an exhaustive quantiser.
+    """
+    faiss = import_faiss()
+    faiss.ParameterSpace().set_index_parameter(ann, "nprobe", nprobe)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(ann).quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(16, 2 * nprobe)
 
 
 def _search_params(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, int]:
