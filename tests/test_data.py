@@ -595,7 +595,7 @@ def test_load_prepared_errors_name_the_file(tiny_prepared: Path, tmp_path: Path)
     with pytest.raises(DataError, match=r"vocab\.json"):
         load_prepared(copy)
     (copy / "manifest.json").write_text("{broken", encoding="utf-8")
-    with pytest.raises(DataError, match=r"manifest\.json: unreadable manifest"):
+    with pytest.raises(DataError, match=r"manifest\.json: unreadable manifest \("):
         load_prepared(copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(DataError, match=r"manifest\.json: missing"):

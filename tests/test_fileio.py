@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from stylequery.errors import LockError, StyleQueryError
-from stylequery.fileio import atomic_dir, exclusive_lock, lock_path, write_text
+from stylequery.errors import DataError, LockError, StyleQueryError
+from stylequery.fileio import (
+    atomic_dir,
+    exclusive_lock,
+    lock_path,
+    read_json,
+    write_json,
+    write_text,
+)
 
 HOLDER = """
 import sys, time
@@ -116,3 +123,27 @@ def test_lock_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [".other.abc.tmp", ".out [1].lock", "out [1]"]
     assert (target / "a.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "manifest not found"),
+        (b"{'single': 'quotes'}", "unreadable manifest (Expecting property name"),
+        (b"\xff\xfe\x00", "unreadable manifest ('utf-8' codec"),
+    ],
+)
+def test_read_json_fails_as_one_line_naming_file_and_role(
+    tmp_path: Path, content: bytes | None, needle: str
+) -> None:
+    path = tmp_path / "manifest.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        read_json(path, "manifest", DataError)
+    assert str(info.value).startswith(f"{path}: {needle}") and "\n" not in str(info.value)
+
+
+def test_read_json_reads_what_write_json_wrote(tmp_path: Path) -> None:
+    data = {"format": "x", "rows": [1, 2.5, None], "name": "schwarz → grün"}
+    assert read_json(write_json(tmp_path / "a.json", data), "a", DataError) == data

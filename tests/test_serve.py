@@ -281,3 +281,26 @@ def test_an_unreadable_gallery_file_is_500_without_its_path(
         ):
             message = _error(response, 500)
             assert "gallery item 2" in message and str(tmp_path) not in message
+
+
+def test_chunked_upload_over_the_limit_is_413(client: TestClient) -> None:
+    """A body sent without Content-Length is counted as it arrives and refused past the limit."""
+    boundary = "stylequeryboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        for _ in range(2 * LIMIT // 16_384):
+            yield b"\0" * 16_384
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post(
+        "/api/query",
+        content=chunks(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert "content-length" not in response.request.headers  # it really was chunked
+    assert "limit" in _error(response, 413)

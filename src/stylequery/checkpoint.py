@@ -10,7 +10,6 @@ and query need nothing but one of the two (:func:`load_model` reads both).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from stylequery import __version__
 from stylequery.config import Config, config_from_dict, config_to_dict
 from stylequery.encode import Encoding
 from stylequery.errors import CheckpointError, ConfigError
-from stylequery.fileio import atomic_dir, atomic_file, read_torch, write_json
+from stylequery.fileio import atomic_dir, atomic_file, read_json, read_torch, write_json
 from stylequery.runtime import resolve_device
 
 if TYPE_CHECKING:
@@ -254,10 +253,7 @@ def read_export(folder: Path) -> dict[str, Any]:
 def _read_export_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: not a checkpoint file nor an export folder")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({_first_line(exc)})") from None
+    payload = read_json(path, "export description", CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path}: not a stylequery export")
     missing = sorted({"config", "vocab", "fingerprint", "iteration"} - set(payload))

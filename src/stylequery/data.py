@@ -10,7 +10,6 @@ relations, test queries and the image transform live in :mod:`labels`, :mod:`cap
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from stylequery.captions import (
     seed_entropy,
 )
 from stylequery.errors import DataError
+from stylequery.fileio import read_json
 from stylequery.imagecache import ImageSource, cache_file_name, load_image, open_cache
 from stylequery.labels import PREPARED_FORMAT, SPLITS, Item, prepared_dir, read_items, subset_name
 from stylequery.queries import QUERY_FILE, read_prepared_queries
@@ -179,10 +179,7 @@ def _read_manifest(dir: Path) -> dict[str, Any]:
     if not dir.is_dir():
         raise DataError(f"{dir}: prepared folder not found; prepare it first")
     path = _require_file(dir / "manifest.json")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable manifest: {exc}") from None
+    manifest = read_json(path, "manifest", DataError)
     if not isinstance(manifest, dict) or manifest.get("format") != PREPARED_FORMAT:
         raise DataError(f"{path}: not a stylequery prepared-folder manifest")
     return manifest

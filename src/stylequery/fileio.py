@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stylequery.errors import LockError, StyleQueryError
+from stylequery.errors import LockError, StyleQueryError, one_line
 
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another one before giving up
 _LOCK_POLL = 0.05  # seconds between attempts while waiting
@@ -135,6 +135,18 @@ def read_torch(
         raise error(
             f"{path}: not a readable {what} (empty, truncated, corrupt or not a torch file)"
         ) from None
+
+
+def read_json(path: Path, what: str, error: type[StyleQueryError]) -> Any:
+    """The JSON value in ``path``; a missing, unreadable or malformed file is one ``error``
+    line that names the file and its role (``what``, e.g. "manifest")."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: unreadable {what} ({one_line(exc)})") from None
 
 
 def lock_path(target: Path) -> Path:

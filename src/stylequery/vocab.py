@@ -8,7 +8,6 @@ unique training tokens, so a vocabulary is fully described by its token list.
 from __future__ import annotations
 
 import difflib
-import json
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from stylequery.errors import DataError
-from stylequery.fileio import write_json
+from stylequery.fileio import read_json, write_json
 
 UNK = "<UNK>"
 VOCAB_FORMAT = "stylequery-vocab"
@@ -142,13 +141,7 @@ class Vocab:
     @classmethod
     def load(cls, path: Path) -> Vocab:
         """Read a vocabulary written by :meth:`save`; a bad file raises DataError."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{path}: vocabulary file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: cannot read vocabulary: {exc}") from None
+        data = read_json(path, "vocabulary", DataError)
         return cls.from_dict(data, source=str(path))
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from stylequery.errors import IndexMismatchError, one_line
-from stylequery.fileio import atomic_dir, write_json
+from stylequery.fileio import atomic_dir, read_json, write_json
 from stylequery.index.base import (
     DTYPES,
     FORMAT_VERSION,
@@ -358,10 +358,7 @@ def write_items(path: Path, paths: list[str], captions: list[str | None]) -> Non
 def read_info(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IndexMismatchError(f"{path} is missing: not an index folder, or an unfinished one")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexMismatchError(f"{path} is not valid JSON: {one_line(err)}") from None
+    info = read_json(path, "index description", IndexMismatchError)
     if not isinstance(info, dict):
         raise IndexMismatchError(f"{path} is not a JSON object")
     for key in ("format_version", "fingerprint", "dim", "dtype", "count", "created", "meta"):

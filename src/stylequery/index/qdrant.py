@@ -19,7 +19,6 @@ Needs ``qdrant-client`` (``pip install 'stylequery[qdrant]'``).
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import uuid
@@ -31,8 +30,8 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from stylequery.errors import IndexMismatchError, one_line
-from stylequery.fileio import write_json
+from stylequery.errors import IndexMismatchError
+from stylequery.fileio import read_json, write_json
 from stylequery.index.base import (
     FORMAT_VERSION,
     Backend,
@@ -89,10 +88,7 @@ def _read_pointer(folder: Path) -> dict[str, Any]:
     path = folder / INFO_FILE
     if not path.is_file():
         return {}
-    try:
-        pointer = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexMismatchError(f"{path} is not valid JSON: {one_line(err)}") from None
+    pointer = read_json(path, "index description", IndexMismatchError)
     if not isinstance(pointer, dict) or pointer.get("backend") != "qdrant":
         raise IndexMismatchError(f"{path} does not describe a qdrant index")
     return pointer
