@@ -62,3 +62,21 @@ def test_api_names_stay_functions_after_their_modules_are_imported() -> None:
         "True",
         "['QueryEngine', 'embed', 'evaluate', 'export_model', 'load_config', 'prepare', 'train']",
     ]
+
+
+def test_a_config_built_in_python_is_validated_before_anything_is_written(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    import stylequery
+    from stylequery.config import Config
+    from stylequery.errors import ConfigError
+
+    cfg = Config()
+    cfg.train.batch_size = 0
+    with pytest.raises(ConfigError, match=r"'train\.batch_size': 0 is out of range"):
+        stylequery.train(cfg, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+    cfg = Config()
+    cfg.eval.ks = [0]
+    with pytest.raises(ConfigError, match=r"'eval\.ks'"):
+        stylequery.evaluate(tiny_checkpoint, cfg, device="cpu")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from stylequery.checkpoint import load_model
 from stylequery.config import Config, config_to_dict, replace
+from stylequery.config import validate as validate_config
 from stylequery.data import (
     PreparedData,
     caption_difference,
@@ -244,6 +245,8 @@ def evaluate(
         out: Write the result as ``metrics.json`` here.
         breakdown: Also recall by changed word, colour vs other.
     """
+    if cfg is not None:
+        validate_config(cfg)
     device = resolve_device(device)
     loaded = load_model(checkpoint, device)
     cfg = replace(cfg or loaded.cfg, model=loaded.cfg.model)

@@ -29,6 +29,7 @@ from stylequery.checkpoint import (
     fingerprint,
 )
 from stylequery.config import Config, dump_config, replace
+from stylequery.config import validate as validate_config
 from stylequery.data import (
     EpochSampler,
     PairDataset,
@@ -323,8 +324,10 @@ def train(
         resume: Continue from ``run_dir/weights/last.pt``.
 
     Raises:
+        ConfigError: A setting is out of range (a Config built in Python is checked too).
         LockError: Another process is training into ``run_dir``.
     """
+    validate_config(cfg)
     device = runtime.resolve_device(device)
     if not runtime.is_main_process():
         return _train(cfg, run_dir, device, resume)
