@@ -109,6 +109,26 @@ def test_float16_storage_is_close_to_float32() -> None:
     assert (half_ids[:, 0] == full_ids[:, 0]).all()
 
 
+def test_float16_rows_are_ranked_by_float32_scores() -> None:
+    """Near-duplicates whose scores differ below float16 precision still come in the order of
+    float32 arithmetic on the stored rows, with float32 scores."""
+    rng = np.random.default_rng(10)
+    base = unit_rows(4, 64, seed=10)
+    rows = np.repeat(base, 300, axis=0) + 1e-2 * rng.standard_normal((1200, 64))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    paths = [f"img/{i}.jpg" for i in range(len(rows))]
+    index = EmbeddingIndex.build(rows, paths, [None] * len(rows), "f" * 64, dtype="float16")
+    queries = base + 0.05 * unit_rows(4, 64, seed=11)
+    stored = index.embeddings.astype(np.float32)
+    want_scores, want_ids = brute_force(stored, queries.astype(np.float32), k=10)
+    scores, ids = index.search(queries, k=10, chunk_size=256, exclude=[5, -1, 2, -1])
+    _, excluded = brute_force(stored, queries.astype(np.float32), 10, exclude=[5, -1, 2, -1])
+    np.testing.assert_array_equal(ids, excluded)
+    scores, ids = index.search(queries, k=10, chunk_size=256)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_save_load_round_trip(tmp_path: Path, dtype: str) -> None:
     index = make_index(dtype=dtype, meta={"model": "tiny", "iteration": 3})
