@@ -96,6 +96,7 @@ RECIPES: dict[str, Recipe] = {
     "cpu-batch64": _cpu("train.batch_size=64"),
     "cpu-batch16": _cpu("train.batch_size=16"),
     "cpu-step": _cpu("train.lr_schedule=step"),
+    "cpu-wd5e-4": _cpu("train.weight_decay=5e-4"),
     "cpu-d512": _cpu("model.embed_dim=512", "model.word_dim=512", "model.text_hidden=512"),
 }
 DEFAULT_RECIPES = [
