@@ -147,6 +147,20 @@ def test_out_of_range_row_is_a_clear_error(tiny_checkpoint: Path, tiny_index: Pa
         engine.query(9999, [("black", "green")])
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the test's own open
+def test_an_opened_image_obeys_the_pixel_limit(
+    tiny_checkpoint: Path, tiny_index: Path, tmp_path: Path
+) -> None:
+    """A PIL image handed to the Python API is refused from its header, like a file."""
+    from PIL import Image
+
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")  # 100 MP in 12 KB
+    engine = QueryEngine(tiny_checkpoint, tiny_index, CPU)
+    limit = r"10000 x 10000 pixels is above the limit"
+    with Image.open(tmp_path / "bomb.png") as upload, pytest.raises(StyleQueryError, match=limit):
+        engine.query(upload, [("black", "green")])
+
+
 def test_image_paths_expands_folders_in_order(tmp_path: Path) -> None:
     from stylequery.inference import image_paths
 
