@@ -43,6 +43,7 @@ from stylequery import runtime
 from stylequery.checkpoint import load_checkpoint
 from stylequery.data import load_image
 from stylequery.index import EmbeddingIndex
+from stylequery.index.exact import INFO_FILE, read_info
 from stylequery.inference import QueryEngine
 
 NAME = "query_latency"
@@ -70,14 +71,16 @@ print(imports, loaded, peak())
 
 
 def make_indexes(work: Path, shape: str, size: int, dim: int, checkpoint: Path) -> dict[str, Path]:
-    """Index folders of ``size`` random unit vectors, one per storage dtype (made once)."""
+    """Index folders of ``size`` random unit vectors, one per storage dtype, made once per
+    checkpoint (folders embedded for another checkpoint are made again)."""
     folders = {dtype: work / f"index-{shape}-{size}-{dtype}" for dtype in DTYPES}
-    if all((folder / "index.json").is_file() for folder in folders.values()):
+    fingerprint = load_checkpoint(checkpoint)["fingerprint"]
+    infos = [folder / INFO_FILE for folder in folders.values()]
+    if all(info.is_file() and read_info(info)["fingerprint"] == fingerprint for info in infos):
         return folders
     rng = np.random.default_rng(size + dim)
     vectors = rng.standard_normal((size, dim), dtype=np.float32)  # (N, D)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    fingerprint = load_checkpoint(checkpoint)["fingerprint"]
     paths = [f"/gallery/{i:07d}.jpeg" for i in range(size)]
     for dtype, folder in folders.items():
         EmbeddingIndex.build(vectors, paths, None, fingerprint, dtype=dtype).save(folder)  # type: ignore[arg-type]
