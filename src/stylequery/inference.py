@@ -21,6 +21,7 @@ from stylequery.encode import encode_images
 from stylequery.errors import DataError, StyleQueryError
 from stylequery.fileio import exclusive_lock
 from stylequery.index import Gallery, build_index, index_exists, open_index
+from stylequery.index.batching import SearchBatcher
 from stylequery.progress import progress_bar
 from stylequery.runtime import resolve_device
 from stylequery.vocab import Vocab, pad_batch, tokenize_words
@@ -235,6 +236,7 @@ class QueryEngine:
         self.loaded = load_model(checkpoint, self.device)
         self.index = open_index(index_dir, **(search_params or {}))
         self.index.check_fingerprint(self.loaded.fingerprint)
+        self.searcher = SearchBatcher(self.index)  # concurrent queries share one search
         self.vocab = Vocab(self.loaded.vocab)
         self._encode_lock = threading.Lock()
 
@@ -313,7 +315,7 @@ class QueryEngine:
         """
         texts, warnings = self.used_texts(self.texts_for(changes, text), strict)
         image, own, name = self.source_image(source)
-        scores, ids = self.index.search(self.encode(image, texts).numpy(), k, exclude=[own])
+        scores, ids = self.searcher.search(self.encode(image, texts).numpy(), k, own)
         source_caption = self.index.items([own])[0][1] if own >= 0 else None
         target = apply_changes(source_caption, changes) if source_caption and not text else None
         hits = []

@@ -10,11 +10,14 @@ Search walks the gallery in chunks, so a memory-mapped gallery larger than RAM c
 keeping a running top-k. Results are ordered by descending score, ties by the lower gallery
 row, exactly, also where ties straddle a chunk's or the final top-k's cut. Float32 rows are
 scored with numpy's BLAS (on the 2-core AMD EPYC it was measured on, twice as fast as torch's
-MKL gemv) and ranked with numpy, so search never mixes two thread pools. Float16 rows are
-scored with torch's float16 matmul, which accumulates in float32 but rounds the scores to
-float16 precision (about 3 digits): that only shortlists the best ``2k + 16`` rows, which are
-then re-scored in float32 and ranked. So the results and scores are those of float32 arithmetic
-on the stored rows, unless more than ``k + 16`` rows crowd within float16 rounding of the k-th.
+MKL gemv) and ranked with numpy, so search never mixes two thread pools; float16 rows with
+torch's float16 matmul, which accumulates in float32 but rounds the scores to float16 precision
+(about 3 digits). Those scores only shortlist the best ``2k + 16`` rows per query, which are
+then re-scored one by one in float32 (:meth:`EmbeddingIndex.score_rows`) and ranked. So the
+results and scores are those of float32 arithmetic on the stored rows (unless more than
+``k + 16`` rows crowd within float16 rounding of the k-th), and a query gets bit-identical
+results whether it is searched alone or in a batch (a matrix product's rounding depends on the
+batch's shape; each row's own dot product does not).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from stylequery.index.base import (
 
 logger = logging.getLogger(__name__)
 
-RESCORE_EXTRA = 16  # float16 shortlist beyond 2k, re-scored in float32
+RESCORE_EXTRA = 16  # shortlist beyond 2k, re-scored row by row
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.jsonl"
@@ -298,8 +301,8 @@ class EmbeddingIndex(GalleryIndex):
             raise ValueError(f"k and chunk_size must be positive, got k={k}, chunk={chunk_size}")
         skip = check_exclude(exclude, Q, N)
         k = clip_k(k, N, skip)
-        # float16 scores only shortlist: the leaders are re-scored in float32 below.
-        keep = k if self.embeddings.dtype == np.float32 else min(N, 2 * k + RESCORE_EXTRA)
+        # The chunk scores only shortlist: the leaders are re-scored one by one below.
+        keep = min(N, 2 * k + RESCORE_EXTRA)
         best_scores = np.empty((Q, 0), np.float32)
         best_ids = np.empty((Q, 0), np.int64)
         for start in range(0, N, chunk_size):
@@ -312,10 +315,9 @@ class EmbeddingIndex(GalleryIndex):
                 np.concatenate([best_ids, top_cols + start], axis=1),
             )
             best_scores, best_ids = best_scores[:, :keep], best_ids[:, :keep]
-        if keep > k:
-            exact = self.score_rows(query_array, best_ids)
-            exact[best_scores == -np.inf] = -np.inf  # excluded rows stay out
-            best_scores, best_ids = sort_exact(exact, best_ids)
+        exact = self.score_rows(query_array, best_ids)
+        exact[best_scores == -np.inf] = -np.inf  # excluded rows stay out
+        best_scores, best_ids = sort_exact(exact, best_ids)
         return best_scores[:, :k], best_ids[:, :k]
 
     def score_rows(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
