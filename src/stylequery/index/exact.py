@@ -315,10 +315,17 @@ class EmbeddingIndex(GalleryIndex):
                 np.concatenate([best_ids, top_cols + start], axis=1),
             )
             best_scores, best_ids = best_scores[:, :keep], best_ids[:, :keep]
-        exact = self.score_rows(query_array, best_ids)
-        exact[best_scores == -np.inf] = -np.inf  # excluded rows stay out
-        best_scores, best_ids = sort_exact(exact, best_ids)
-        return best_scores[:, :k], best_ids[:, :k]
+        return self.rerank(query_array, best_ids, best_scores == -np.inf, k)  # excluded: out
+
+    def rerank(
+        self, queries: np.ndarray, ids: np.ndarray, out: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` of candidate rows ``ids`` (Q, C) by exact float32 score, ties by lower
+        row; candidates where ``out`` (Q, C) is true rank last with score -inf."""
+        scores = self.score_rows(queries, np.where(out, 0, ids))
+        scores[out] = -np.inf
+        scores, ids = sort_exact(scores, ids)
+        return scores[:, :k], ids[:, :k]
 
     def score_rows(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(Q, C) float32 scores of each query (Q, D) against its own candidate rows (Q, C)."""

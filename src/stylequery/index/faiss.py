@@ -32,7 +32,6 @@ from stylequery.index.base import (
     check_queries,
     clip_k,
     missing_extra,
-    sort_exact,
 )
 from stylequery.index.exact import INFO_FILE, EmbeddingIndex, read_info
 from stylequery.progress import progress_bar
@@ -183,10 +182,7 @@ class FaissIndex(EmbeddingIndex):
         _, ids = self.ann.search(query_array, fetch)  # (Q, fetch), -1 where lists ran out
         if skip is not None:
             ids[ids == skip[:, None]] = -1
-        scores = self.score_rows(query_array, np.maximum(ids, 0))
-        scores[ids < 0] = -np.inf
-        scores, ids = sort_exact(scores, ids)
-        scores, ids = scores[:, :k], ids[:, :k]
+        scores, ids = self.rerank(query_array, ids, ids < 0, k)
         short = np.flatnonzero((ids < 0).any(axis=1))
         if len(short):  # too few candidates: answer those queries exactly
             rows = skip[short] if skip is not None else None
