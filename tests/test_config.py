@@ -11,6 +11,7 @@ import yaml
 from stylequery import runtime
 from stylequery.config import (
     Config,
+    check_best_metric,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -79,6 +80,14 @@ def test_bad_overrides_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
         load_config(None, [override])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("metric", ["recall_mean", "recall@5"])
+def test_best_metric_is_a_recall_of_eval_ks_or_their_mean(metric: str) -> None:
+    check_best_metric(load_config(None, [f"train.best_metric={metric}"]))
+    cfg = load_config(None, ["train.best_metric=recall@5", "eval.ks=[1,10]"])  # evaluating: fine
+    with pytest.raises(ConfigError, match=r"train\.best_metric.*recall@1, recall@10, recall_mean"):
+        check_best_metric(cfg)
 
 
 def test_override_syntax_error() -> None:

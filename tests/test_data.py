@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from stylequery import release
-from stylequery.captions import SiblingIndex, normalize_caption, sample_queries
+from stylequery.captions import SiblingIndex, every_query, normalize_caption, sample_queries
 from stylequery.config import DataConfig
 from stylequery.data import (
     ImageDataset,
@@ -465,6 +465,20 @@ def test_sampled_targets_are_siblings_and_cover_all_of_them(seed: int) -> None:
             assert brute_siblings(captions[source], captions[target])
             seen.add(captions[target])
         assert seen == {index.captions[c] for c in index.siblings(int(index.labels[source]))}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_query_pairs_each_image_with_each_sibling_caption_once(seed: int) -> None:
+    captions = random_captions(seed)
+    index = SiblingIndex.build(captions)
+    pairs = [(s, captions[t]) for s, t in every_query(index)]
+    expected = [
+        (s, caption)
+        for s in range(len(captions))
+        for caption in dict.fromkeys(captions)
+        if brute_siblings(captions[s], caption)
+    ]
+    assert sorted(pairs) == sorted(expected) and len(set(pairs)) == len(pairs)
 
 
 def test_generated_queries_are_deterministic_sibling_pairs(tiny_prepared: Path) -> None:

@@ -10,6 +10,7 @@ from stylequery.metrics import (
     recall_at_k,
     recall_by_group,
     recall_from_topk,
+    selection_score,
     topk_first_hit,
 )
 
@@ -120,6 +121,12 @@ def test_recall_at_k_hand_built() -> None:
     assert recall["recall@5"] == pytest.approx(3 / 6)
     assert recall["recall@10"] == pytest.approx(5 / 6)
     assert recall["recall@50"] == pytest.approx(5 / 6)
+
+
+def test_selection_score_is_one_recall_or_the_mean_of_all() -> None:
+    metrics = recall_at_k(torch.tensor([0, 1, 4, 5, 9, 50]), [1, 5, 10, 50])  # 1/6 3/6 5/6 5/6
+    assert selection_score(metrics, "recall@5") == pytest.approx(0.5)
+    assert selection_score(metrics, "recall_mean") == pytest.approx((1 + 3 + 5 + 5) / 24)
 
 
 def test_recall_at_k_rejects_empty_and_bad_k() -> None:

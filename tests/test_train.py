@@ -18,9 +18,10 @@ from PIL import Image
 from stylequery import runtime
 from stylequery.checkpoint import fingerprint, load_checkpoint, load_model, save_checkpoint
 from stylequery.config import Config, load_config
+from stylequery.data import load_prepared
 from stylequery.loss import build_loss
 from stylequery.model import build_model
-from stylequery.train import TrainingDiverged, train
+from stylequery.train import TrainingDiverged, cached_features, train
 
 CPU = torch.device("cpu")
 
@@ -48,13 +49,16 @@ def test_run_folder_holds_config_metrics_curves_and_weights(
     assert {"model", "loss", "config", "vocab", "version", "fingerprint", "training"} <= set(last)
     assert {"optimizer", "scheduler", "rng", "scaler"} <= set(last["training"])
     best = load_checkpoint(run / "weights" / "best.pt")
-    assert best["metrics"]["val_recall@10"] == pytest.approx(result.best_value)
+    val_recalls = [v for k, v in best["metrics"].items() if k.startswith("val_recall@")]
+    assert len(val_recalls) == len(cfg.eval.ks)  # best.pt is chosen on recall_mean by default
+    assert sum(val_recalls) / len(val_recalls) == pytest.approx(result.best_value)
     assert best["training"] == {}  # weights for inference only: no optimiser, RNG or scaler
     assert best["encoding"]["image_size"] == tiny_config.data.image_size
     report = json.loads((run / "metrics.json").read_text())
     assert report["selected_on"] == "val" and report["test"]["split"] == "test"
     assert report["test"]["recall@10"] == pytest.approx(result.metrics["recall@10"])
-    assert report["val"]["recall@10"] == pytest.approx(result.best_value)
+    assert report["val"]["recall@10"] == pytest.approx(best["metrics"]["val_recall@10"])
+    assert report["best_metric"] == "recall_mean"
 
 
 def test_only_validation_chooses_and_test_is_read_once(
@@ -70,7 +74,9 @@ def test_only_validation_chooses_and_test_is_read_once(
 
     monkeypatch.setattr(train_module, "evaluate_model", spy)  # validation
     monkeypatch.setattr(importlib.import_module("stylequery.evaluate"), "evaluate_model", spy)
-    cfg = _with(tiny_config, "train.iterations=3", "train.eval_every=1")
+    cfg = _with(
+        tiny_config, "train.iterations=3", "train.eval_every=1", "train.best_metric=recall@10"
+    )
     result = train(cfg, tmp_path / "run", CPU)
     assert splits == ["val", "val", "val", "test"]  # at iterations 1, 2, 3 (the end), then test
     best = load_checkpoint(result.best)
@@ -216,6 +222,33 @@ def test_partly_frozen_encoder_trains_the_later_stages_from_cached_maps(
         stage = name.split(".")[2]
         frozen = stage in {"conv1", "bn1", "layer1", "layer2"}
         assert torch.equal(trained[name], value) == frozen, name
+
+
+def test_mirrored_cache_keeps_flipping_an_augmentation(
+    tiny_config: Config, tiny_prepared: Path, tmp_path: Path
+) -> None:
+    cfg = _with(tiny_config, "model.frozen_stages=2", "data.hflip=true", "train.iterations=2")
+    result = train(cfg, tmp_path / "run", CPU)
+    folder = tmp_path / "run" / "features"
+    plain = torch.load(next(folder.glob("train_32_*.pt")), weights_only=True)
+    mirrored = torch.load(next(folder.glob("train_flipped_32_*.pt")), weights_only=True)
+    assert mirrored.shape == plain.shape
+    # Row i is the frozen stages' output of training image i seen in a mirror.
+    model = load_model(result.last, CPU).model
+    pixels = torch.from_numpy(load_prepared(tiny_prepared).image_cache("train", 32)[:3].copy())
+    images = pixels.permute(0, 3, 1, 2)  # (3, 3, S, S) uint8
+    with torch.no_grad():
+        expected = model.image_features(images.flip(-1))
+    torch.testing.assert_close(mirrored[:3], expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain[:3], expected, atol=1e-2)
+    # A batch takes each image's mirrored row exactly where its flag says so.
+    batch = {
+        "source_index": torch.tensor([0, 1, 2]),
+        "source_flip": torch.tensor([True, False, True]),
+    }
+    picked = cached_features({"train": plain, "train_flipped": mirrored}, batch, "source")
+    assert torch.equal(picked[0], mirrored[0]) and torch.equal(picked[1], plain[1])
+    assert torch.equal(picked[2], mirrored[2])
 
 
 def _free_port() -> int:

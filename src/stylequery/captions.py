@@ -170,6 +170,16 @@ def sample_queries(index: SiblingIndex, seed: int) -> list[tuple[int, int]]:
     return [(i, index.sample_target(i, rng)) for i in index.usable_sources()]
 
 
+def every_query(index: SiblingIndex) -> list[tuple[int, int]]:
+    """Every ``(source, sibling caption)`` pair of a split once, as ``(source, target)`` image
+    indices: the target is the first image of the sibling caption (a hit is any image of it)."""
+    return [
+        (i, index.images[c][0])
+        for i in index.usable_sources()
+        for c in index.siblings(int(index.labels[i]))
+    ]
+
+
 def seed_entropy(*values: int) -> list[int]:
     """Non-negative entropy for ``np.random.default_rng`` from any ints (seeds may be < 0)."""
     return [v % 2**63 for v in values]

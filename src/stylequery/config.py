@@ -26,6 +26,8 @@ from stylequery.fileio import write_text
 
 _OVERRIDE = re.compile(r"\s*[A-Za-z_]\w*\.[A-Za-z_]\w*\s*=.*", re.DOTALL)
 
+RECALL_MEAN = "recall_mean"  # train.best_metric: the mean of every recall@K of eval.ks
+
 
 Check = tuple[Callable[[Any], bool], str]  # a value test and the allowed range in words
 AT_LEAST_1: Check = (lambda v: v >= 1, "must be >= 1")
@@ -136,7 +138,11 @@ class TrainConfig:
         0.0, "also validate when this many minutes passed; 0: off", NON_NEGATIVE
     )
     eval_max_queries: int = setting(0, "cap validation queries for speed; 0: all", AT_LEAST_0)
-    best_metric: str = setting("recall@10", "metric on the validation queries that picks best.pt")
+    best_metric: str = setting(
+        "recall_mean",
+        "metric on the validation queries that picks best.pt: recall@K (a K of eval.ks) or "
+        "recall_mean, the mean of every recall@K",
+    )
     log_every: int = setting(50, "iterations between plain log lines (off a terminal)", AT_LEAST_1)
     checkpoint_every: int = setting(
         1000, "iterations between last.pt saves; 0: only at the end", AT_LEAST_0
@@ -243,6 +249,21 @@ def validate(cfg: Config) -> None:
                     f"config key '{section.name}.{key.name}': {value!r} is out of range "
                     f"({check[1]})"
                 )
+
+
+def check_best_metric(cfg: Config) -> None:
+    """Training's check that ``train.best_metric`` is a metric validation reports (evaluating
+    with other ``eval.ks`` stays allowed).
+
+    Raises:
+        ConfigError: One line naming the key and the metrics allowed.
+    """
+    choices = [f"recall@{k}" for k in cfg.eval.ks] + [RECALL_MEAN]
+    if cfg.train.best_metric not in choices:
+        raise ConfigError(
+            f"config key 'train.best_metric': {cfg.train.best_metric!r} is not one of "
+            f"{', '.join(choices)}"
+        )
 
 
 def split_overrides(args: list[str], max_positional: int = 0) -> tuple[list[str], list[str]]:

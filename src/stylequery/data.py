@@ -305,7 +305,9 @@ class PairDataset(Dataset[dict[str, Any]]):
         template: Modification template, e.g. ``"change {src} to {tgt}"``.
         seed: Seed of the pair sampling.
         with_images: Include ``source``/``target`` pixels (off when features are cached).
-        hflip: Randomly flip source and target horizontally (independently).
+        hflip: Randomly flip source and target horizontally (independently): the pixels, or
+            without them the ``source_flip``/``target_flip`` flags that pick a mirrored
+            feature cache.
         cache: Optional uint8 (N, S, S, 3) cache of the split (``prepared.image_cache``),
             read instead of decoding the image files.
     """
@@ -355,6 +357,8 @@ class PairDataset(Dataset[dict[str, Any]]):
             ):
                 image = self.images.get(image_index)  # (3, S, S) uint8
                 item[key] = image.flip(-1) if self.hflip and flip else image
+        elif self.hflip:
+            item["source_flip"], item["target_flip"] = bool(flips[0]), bool(flips[1])
         return item
 
 
@@ -363,7 +367,8 @@ def collate_pairs(batch: list[dict[str, Any]], vocab: Vocab) -> dict[str, Any]:
 
     Returns:
         ``source``/``target`` (B, 3, S, S) uint8 (when the items have images), ``tokens``
-        (B, L) long, ``lengths`` (B,) long, ``source_index``/``target_index`` (B,) long and
+        (B, L) long, ``lengths`` (B,) long, ``source_index``/``target_index`` (B,) long,
+        ``source_flip``/``target_flip`` (B,) bool (when the items have flip flags) and
         ``texts`` (list of B strings).
     """
     texts = [item["text"] for item in batch]
@@ -378,4 +383,6 @@ def collate_pairs(batch: list[dict[str, Any]], vocab: Vocab) -> dict[str, Any]:
     for key in ("source", "target"):
         if batch and key in batch[0]:
             out[key] = torch.stack([item[key] for item in batch])  # (B, 3, S, S)
+        if batch and f"{key}_flip" in batch[0]:
+            out[f"{key}_flip"] = torch.tensor([item[f"{key}_flip"] for item in batch])  # (B,)
     return out

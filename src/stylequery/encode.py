@@ -144,12 +144,14 @@ def encode_dataset(
     num_workers: int,
     description: str,
     features: bool = False,
+    hflip: bool = False,
 ) -> torch.Tensor:
     """Encode every ``item["image"]`` of a dataset in order, in eval mode (mode restored).
 
     Args:
         features: Return backbone features (N, F) on the CPU instead of raw (unnormalised)
             embeddings (N, D) on ``device``.
+        hflip: Encode the mirror image of each picture.
     """
     loader = DataLoader(
         dataset,
@@ -163,11 +165,12 @@ def encode_dataset(
     try:
         with progress_bar(description, total=len(loader.dataset), log_every=30) as bar:  # type: ignore[arg-type]
             for batch in loader:
+                images = batch["image"].flip(-1) if hflip else batch["image"]  # (B, 3, S, S)
                 if features:
-                    chunks.append(image_features(model, batch["image"], encoding, device).cpu())
+                    chunks.append(image_features(model, images, encoding, device).cpu())
                 else:
-                    chunks.append(encode_images(model, batch["image"], encoding, device, False))
-                bar.advance(len(batch["image"]))
+                    chunks.append(encode_images(model, images, encoding, device, False))
+                bar.advance(len(images))
     finally:
         model.train(was_training)
     return torch.cat(chunks)
@@ -181,10 +184,11 @@ def encode_split(
     encoding: Encoding,
     device: torch.device,
     features: bool = False,
+    hflip: bool = False,
 ) -> torch.Tensor:
     """Every image of a prepared split through :func:`encode_dataset` (``cfg.eval.batch_size``,
     ``cfg.data.num_workers``), read from the prepared uint8 cache of the encoding's size when
-    there is one and ``cfg.data.use_image_cache``."""
+    there is one and ``cfg.data.use_image_cache``; ``hflip`` mirrors every image."""
     size = encoding.image_size
     cache = prepared.image_cache(split, size) if cfg.data.use_image_cache else None
     dataset = ImageDataset(prepared.split(split), prepared.root, size, cache=cache)
@@ -195,6 +199,8 @@ def encode_split(
         device,
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
-        description=f"encode {split} {'features' if features else 'images'}",
+        description=f"encode {split} {'features' if features else 'images'}"
+        + (" (mirrored)" if hflip else ""),
         features=features,
+        hflip=hflip,
     )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stylequery.captions import every_query
 from stylequery.checkpoint import load_model
 from stylequery.config import Config, config_to_dict, replace
 from stylequery.config import validate as validate_config
@@ -127,9 +128,13 @@ def select_queries(queries: list[tuple[int, int]], max_queries: int) -> list[tup
 
 
 def split_queries(prepared: PreparedData, split: str, seed: int) -> list[tuple[int, int]]:
-    """The prepared test queries, or queries generated the same way for the train split."""
+    """The prepared test queries; on validation every sibling caption of every image (2-3x the
+    one sampled query per image, so the choice of best.pt rests on more queries); on the train
+    split queries generated as for test."""
     if split == "test":
         return list(prepared.queries)
+    if split == "val":
+        return every_query(prepared.siblings(split))
     return generate_queries(prepared.split(split), seed)
 
 
@@ -283,7 +288,12 @@ def test_best_checkpoint(
         loaded.model, prepared, loaded.cfg, device, split="test", encoding=loaded.encoding
     )
     chosen_on = {k[4:]: v for k, v in loaded.metrics.items() if k.startswith("val_")}
-    report = {"checkpoint": str(best), "iteration": loaded.iteration, "selected_on": "val"}
+    report = {
+        "checkpoint": str(best),
+        "iteration": loaded.iteration,
+        "selected_on": "val",
+        "best_metric": loaded.cfg.train.best_metric,
+    }
     write_json(out, {**report, "val": chosen_on, "test": result.to_json()})
     logger.info("best.pt (iteration %d): test %s", loaded.iteration, format_metrics(result.metrics))
     return result

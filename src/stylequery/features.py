@@ -3,7 +3,8 @@
 With ``model.freeze_image_encoder`` (the whole CNN) or ``model.frozen_stages`` (its first
 stages) frozen, their output never changes, so it is computed once for the training and
 validation images, kept in the run folder (``features/``, keyed by the frozen weights and the
-validation carving) and fed to the trainable rest in place of images.
+validation carving) and fed to the trainable rest in place of images. With ``data.hflip`` the
+mirrored training images are cached too (``train_flipped``), so flipping stays an augmentation.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ logger = logging.getLogger(__name__)
 def cache_backbone_features(
     model: StyleQueryModel, prepared: PreparedData, cfg: Config, device: torch.device, run_dir: Path
 ) -> dict[str, torch.Tensor]:
-    """Frozen-stage output of every train and validation image, on ``device``: computed on
-    rank 0 the first time, read from ``run_dir/features/`` afterwards (and by the other ranks)."""
+    """Frozen-stage output of every train and validation image (and mirrored training image
+    with ``data.hflip``), on ``device``: computed on rank 0 the first time, read from
+    ``run_dir/features/`` afterwards (and by the other ranks)."""
     encoding = Encoding.from_config(cfg)
     encoder = model.image_encoder
     frozen = {
@@ -41,13 +43,17 @@ def cache_backbone_features(
     carving = f"{cfg.data.val_fraction}/{cfg.data.seed}/{encoder.frozen_stages}"
     key = fingerprint({**frozen, carving: torch.zeros(1)})[:16]
     features = {}
-    for split in ("train", "val"):
-        path = run_dir / "features" / f"{split}_{encoding.image_size}_{key}.pt"
+    views = [("train", False), ("val", False)] + ([("train", True)] if cfg.data.hflip else [])
+    for split, hflip in views:
+        name = f"{split}_flipped" if hflip else split
+        path = run_dir / "features" / f"{name}_{encoding.image_size}_{key}.pt"
         if not path.is_file() and runtime.is_main_process():
-            features[split] = encode_split(model, prepared, split, cfg, encoding, device, True)
+            features[name] = encode_split(
+                model, prepared, split, cfg, encoding, device, features=True, hflip=hflip
+            )
             with atomic_file(path) as tmp:
-                torch.save(features[split], tmp)
+                torch.save(features[name], tmp)
         runtime.barrier()
-        if split not in features:
-            features[split] = read_torch(path, "feature cache (delete it to recompute)", DataError)
+        if name not in features:
+            features[name] = read_torch(path, "feature cache (delete it to recompute)", DataError)
     return {k: v.to(device) for k, v in features.items()}

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stylequery.config import RECALL_MEAN
+
 # Scores per chunk in first_hit_rank when no chunk size is given: ~64 MiB of float32.
 _AUTO_CHUNK_ELEMENTS = 1 << 24
 
@@ -138,6 +140,15 @@ def recall_at_k(ranks: Tensor, ks: Sequence[int]) -> dict[str, float]:
             raise ValueError(f"recall cut-off k must be positive, got {k}")
         result[f"recall@{k}"] = (ranks < k).double().mean().item()
     return result
+
+
+def selection_score(metrics: dict[str, float], name: str) -> float:
+    """The value of ``train.best_metric`` ``name``: one ``recall@K`` of ``metrics``, or
+    ``recall_mean``, the mean of all of them."""
+    if name == RECALL_MEAN:
+        recalls = [v for k, v in metrics.items() if k.startswith("recall@")]
+        return sum(recalls) / len(recalls)
+    return metrics[name]
 
 
 def topk_first_hit(

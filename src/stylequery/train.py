@@ -28,7 +28,7 @@ from stylequery import runtime
 from stylequery.checkpoint import (
     fingerprint,
 )
-from stylequery.config import Config, dump_config, replace
+from stylequery.config import Config, check_best_metric, dump_config, replace
 from stylequery.config import validate as validate_config
 from stylequery.data import (
     EpochSampler,
@@ -45,6 +45,7 @@ from stylequery.features import cache_backbone_features
 from stylequery.fileio import exclusive_lock
 from stylequery.history import write_metrics_csv
 from stylequery.loss import build_loss, gather_with_grad
+from stylequery.metrics import selection_score
 from stylequery.model import StyleQueryModel, build_model
 from stylequery.progress import progress_bar
 from stylequery.runs import checkpoint_paths
@@ -193,8 +194,8 @@ def build_state(cfg: Config, vocab_size: int, device: torch.device) -> TrainStat
 def optimise(state: TrainState, batch: dict[str, Any], cfg: Config, device: torch.device) -> float:
     """One SGD step on a batch; returns the loss value."""
     if state.features:
-        source = state.features["train"][batch["source_index"]]
-        target = state.features["train"][batch["target_index"]]
+        source = cached_features(state.features, batch, "source")
+        target = cached_features(state.features, batch, "target")
     else:
         source, target = batch["source"], batch["target"]
     source, target, tokens, lengths = runtime.to_device(
@@ -214,6 +215,19 @@ def optimise(state: TrainState, batch: dict[str, Any], cfg: Config, device: torc
     state.scaler.update()
     state.scheduler.step()
     return value
+
+
+def cached_features(
+    features: dict[str, torch.Tensor], batch: dict[str, Any], key: str
+) -> torch.Tensor:
+    """Cached frozen-stage features (B, ...) of the batch's ``source`` or ``target`` images, of
+    the mirrored image where the batch's ``{key}_flip`` flag says so."""
+    rows = batch[f"{key}_index"]
+    plain = features["train"][rows]
+    if f"{key}_flip" not in batch:
+        return plain
+    flip = batch[f"{key}_flip"].to(plain.device).view(-1, *[1] * (plain.dim() - 1))
+    return torch.where(flip, features["train_flipped"][rows], plain)
 
 
 def train_one_epoch(state: TrainState, loader: DataLoader, ctx: RunContext, bar: Any) -> None:
@@ -284,12 +298,8 @@ def validate(state: TrainState, ctx: RunContext) -> dict[str, float]:
         metrics = result.metrics
         labelled = {f"val_{k}": v for k, v in metrics.items()}
         record(state, ctx, **labelled)
-        if ctx.cfg.train.best_metric not in metrics:
-            raise StyleQueryError(
-                f"train.best_metric '{ctx.cfg.train.best_metric}' is not one of {sorted(metrics)}"
-            )
         logger.info("iteration %d: validation %s", state.iteration, format_metrics(metrics))
-        value = metrics[ctx.cfg.train.best_metric]
+        value = selection_score(metrics, ctx.cfg.train.best_metric)
         if value > state.best_value:
             state.best_value = value
             save_state(state, ctx, checkpoint_paths(ctx.run_dir)[1], labelled, resumable=False)
@@ -328,6 +338,7 @@ def train(
         LockError: Another process is training into ``run_dir``.
     """
     validate_config(cfg)
+    check_best_metric(cfg)
     device = runtime.resolve_device(device)
     if not runtime.is_main_process():
         return _train(cfg, run_dir, device, resume)
