@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(runtime.resolve_device(args.device)),
         "minutes": args.minutes,
         "seeds": args.seeds,
-        "threads": args.threads or torch.get_num_threads(),
+        "threads": args.threads or (1 if args.jobs > 1 else torch.get_num_threads()),  # per run
         "jobs": args.jobs,
         "products": args.products,
         "extra_overrides": args.overrides,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stylequery.captions import every_query
+from stylequery.captions import every_query, sample_queries
 from stylequery.checkpoint import load_model
 from stylequery.config import Config, config_to_dict, replace
 from stylequery.config import validate as validate_config
@@ -24,7 +24,6 @@ from stylequery.data import (
     PreparedData,
     caption_difference,
     caption_labels,
-    generate_queries,
     load_prepared,
     modification_text,
     prepared_dir,
@@ -135,7 +134,7 @@ def split_queries(prepared: PreparedData, split: str, seed: int) -> list[tuple[i
         return list(prepared.queries)
     if split == "val":
         return every_query(prepared.siblings(split))
-    return generate_queries(prepared.split(split), seed)
+    return sample_queries(prepared.siblings(split), seed)
 
 
 @torch.no_grad()
