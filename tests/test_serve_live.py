@@ -53,7 +53,9 @@ def server(model: tuple[Path, Path]) -> Iterator[str]:
     uvi = uvicorn.Server(config)
     thread = threading.Thread(target=uvi.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+    deadline = time.monotonic() + WAIT_S
     while not uvi.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     uvi.should_exit = True
