@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 TINY = {
     "train_speed": ["--device", "cpu", "--image-size", "32", "--products", "20", "--jpeg-size",
@@ -59,10 +56,9 @@ EXTRA_KEYS = {
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """The script as a module of its own name, importable again by the worker processes that
-    ``budget.py --jobs`` spawns (they receive this sys.path)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
+    """The script as a module of its own name (conftest.py puts benchmarks/ on sys.path), so
+    the worker processes that ``budget.py --jobs`` spawns, which receive that sys.path, can
+    import it again."""
     return importlib.import_module(name)
 
 

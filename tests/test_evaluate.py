@@ -58,9 +58,9 @@ def test_train_split_and_query_cap(tiny_checkpoint: Path, tiny_prepared: Path) -
 def test_val_split_is_the_one_training_chose_on(tiny_checkpoint: Path, tiny_prepared: Path) -> None:
     cfg = load_config(None, ["eval.split=val"], base=read_config(tiny_checkpoint))
     result = evaluate(tiny_checkpoint, cfg, device=CPU)
-    val = load_prepared(tiny_prepared, None, 0.1, 0).split("val")
+    carved = load_prepared(tiny_prepared, None, 0.1, 0)  # the checkpoint's data.val_fraction
+    val, siblings = carved.split("val"), carved.siblings("val")
     assert result.split == "val" and result.gallery_size == len(val) > 0
-    siblings = load_prepared(tiny_prepared, None, 0.1, 0).siblings("val")
     every_pair = sum(siblings.num_siblings(int(siblings.labels[i])) for i in range(len(val)))
     assert result.num_queries == every_pair > len(val)  # every sibling caption of every image
 
